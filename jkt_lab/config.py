@@ -1,0 +1,131 @@
+"""One config object for every experiment: what to train, with which objective, and how.
+
+A :class:`Config` is plain data (JSON-serialisable), hashed by the results store, so a run is
+identified by its config. Field names follow the paper (teacher, student, sigma,
+jacobian_weight, per_class).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._checks import check_choice, check_int, check_nonnegative, check_positive
+
+__all__ = ["Config", "JACOBIAN_OUTPUTS", "SCHEDULES", "quick_mode"]
+
+JACOBIAN_OUTPUTS = ("top1", "label", "random", "all")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one run. ``replace(**changes)`` returns a checked copy."""
+
+    # what is trained
+    dataset: str = "shapes"
+    per_class: int | None = 5             # training images per class (None: all)
+    method: str = "kd+jacobian"
+    student: str = "tiny"
+    student_width: int | None = None
+    teacher: str = "tiny"
+    teacher_width: int | None = None
+    teacher_epochs: int = 30
+    teacher_seed: int = 0                 # one teacher shared by all student seeds
+    n_train: int | None = None            # size of a generated dataset (shapes); None: its default
+    classes: tuple[int, ...] | None = None          # train on these classes only (transfer target)
+    teacher_classes: tuple[int, ...] | None = None  # the teacher's (source) classes
+    init: str = "scratch"                 # "scratch" or "finetune" (student starts from the teacher)
+    # objective (Section 3; weights multiply the terms)
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 4.0
+    activation_weight: float = 0.1
+    jacobian_weight: float = 1.0
+    jacobian_kind: str = "normalized"     # squared | normalized | cosine
+    jacobian_output: str = "top1"         # top1 | label | random | all
+    sigma: float = 0.1                    # input-noise std for the "noise" method, [0, 1] pixel units
+    n_samples: int = 1                    # noisy copies per example for the "noise" method
+    noise_loss: str = "kd"                # kd | squared
+    attention_weight: float = 100.0
+    attention_p: float = 2.0
+    lwf_weight: float = 1.0
+    # optimisation
+    epochs: int = 30
+    steps: int | None = None              # a step budget instead of epochs
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    augment: bool = True
+    amp: bool = False                     # bf16 autocast (CUDA only)
+    seed: int = 0
+    eval_every: int | None = None         # epochs between history rows (None: about 20 per run)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form tags (ignored by training)
+
+    def __post_init__(self):
+        if self.per_class is not None:
+            check_int(self.per_class, "per_class", minimum=1)
+        for name in ("ce_weight", "kd_weight", "activation_weight", "jacobian_weight", "sigma",
+                     "attention_weight", "lwf_weight", "weight_decay", "momentum"):
+            check_nonnegative(getattr(self, name), name)
+        for name in ("temperature", "lr", "attention_p"):
+            check_positive(getattr(self, name), name)
+        for name in ("epochs", "teacher_epochs", "n_samples", "batch_size"):
+            check_int(getattr(self, name), name, minimum=1 if "epochs" not in name else 0)
+        check_int(self.teacher_seed, "teacher_seed", minimum=0)
+        if self.n_train is not None:
+            check_int(self.n_train, "n_train", minimum=1)
+        for name in ("steps", "eval_every"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, minimum=1)
+        check_int(self.seed, "seed", minimum=0)
+        from .losses import JACOBIAN_KINDS
+        check_choice(self.jacobian_kind, "jacobian_kind", JACOBIAN_KINDS)
+        check_choice(self.jacobian_output, "jacobian_output", JACOBIAN_OUTPUTS)
+        check_choice(self.noise_loss, "noise_loss", ("kd", "squared"))
+        check_choice(self.schedule, "schedule", SCHEDULES)
+        check_choice(self.init, "init", ("scratch", "finetune"))
+        for name in ("classes", "teacher_classes"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(check_int(c, name, minimum=0) for c in value))
+
+    def replace(self, **changes) -> "Config":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown Config field(s) {sorted(unknown)}; valid fields: "
+                             f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("classes", "teacher_classes"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown Config field(s) {sorted(unknown)}; valid fields: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def teacher_config(self) -> "Config":
+        """The config that trains this run's teacher (cross-entropy on all its data)."""
+        return Config(dataset=self.dataset, per_class=None, method="ce", student=self.teacher,
+                      student_width=self.teacher_width, teacher=self.teacher, teacher_width=self.teacher_width,
+                      classes=self.teacher_classes, n_train=self.n_train, epochs=self.teacher_epochs,
+                      teacher_epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr,
+                      momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
+                      augment=self.augment, amp=self.amp, seed=self.teacher_seed, teacher_seed=self.teacher_seed)
+
+
+def quick_mode() -> bool:
+    """True when the environment variable ``JKT_LAB_QUICK`` is set to 1/true/yes: notebooks, the
+    demo and the reproduce grid then run the same code on tiny sizes (as pyro's smoke tests do)."""
+    import os
+    return os.environ.get("JKT_LAB_QUICK", "").strip().lower() in ("1", "true", "yes", "on")

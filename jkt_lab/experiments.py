@@ -1,0 +1,205 @@
+"""From a :class:`~jkt_lab.config.Config` to a stored result: data, teacher, student, fit, record.
+
+This is the layer the command line, the widgets and the notebooks call. Teachers are trained
+once per teacher config and cached under the runs directory (``JKT_LAB_RUNS``, default
+``~/.cache/jkt_lab/runs``); students are recorded in a :class:`~jkt_lab.results.ResultStore`,
+and a sweep skips every config already in the store.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import data as data_mod
+from .config import Config
+from .methods import get_method
+from .models import MultiHead, build_model, replace_head
+from .results import ResultStore, config_hash, make_record
+from .saliency import saliency_cosine
+from .train import Result, fit, resolve_device, robustness
+
+__all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "expand_grid", "sweep",
+           "load_spec", "NOISE_SIGMAS"]
+
+NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
+
+
+def runs_dir() -> Path:
+    """Where teachers and checkpoints live: ``$JKT_LAB_RUNS`` or ``~/.cache/jkt_lab/runs``."""
+    return Path(os.environ.get("JKT_LAB_RUNS", Path.home() / ".cache" / "jkt_lab" / "runs")).expanduser()
+
+
+def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_class: int | None = None,
+              seed: int | None = None) -> data_mod.Data:
+    """The dataset of ``config``: validation split fixed (seed 0), classes selected, then the
+    ``per_class`` few-shot subset drawn with the run's seed."""
+    kwargs = {"n_train": config.n_train} if config.n_train is not None else {}
+    data = data_mod.load(config.dataset, seed=0, **kwargs)
+    if classes:
+        data = data.select_classes(list(classes))
+    if per_class is not None:
+        data = data.few_shot(per_class, seed=config.seed if seed is None else seed)
+    return data
+
+
+def _model(name, width, num_classes, data, seed):
+    return build_model(name, num_classes, in_channels=data.input_shape[0], mean=data.mean, std=data.std,
+                       width=width, seed=seed)
+
+
+def get_teacher(config: Config, *, device="auto", progress: bool = True, root: Path | None = None,
+                callback: Callable[[dict], None] | None = None) -> tuple[nn.Module, dict]:
+    """The teacher of ``config``: loaded from the runs directory, or trained (and saved) once.
+
+    Returns ``(teacher, info)`` where ``info`` holds the teacher's config, metrics and wall time.
+    """
+    tconf = config.teacher_config()
+    key = config_hash(tconf.to_dict())
+    folder = (root or runs_dir()) / "teachers"
+    weights, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    data = load_data(tconf, classes=tconf.classes)
+    teacher = _model(tconf.student, tconf.student_width, data.num_classes, data, tconf.seed)
+    if weights.exists() and meta.exists():
+        teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        info = json.loads(meta.read_text())
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
+                     checkpoint=folder / f"{key}.ckpt", callback=callback)
+        tmp = weights.with_suffix(".pt.tmp")
+        torch.save({k: v.cpu() for k, v in teacher.state_dict().items()}, tmp)
+        os.replace(tmp, weights)
+        info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
+                "wall_time_s": result.wall_time_s, "device": result.device}
+        meta.write_text(json.dumps(info))
+        (folder / f"{key}.ckpt").unlink(missing_ok=True)
+        (folder / f"{key}.ckpt.prev").unlink(missing_ok=True)
+    teacher.eval()
+    return teacher.to(resolve_device(device)), info
+
+
+def build_student(config: Config, data: data_mod.Data, teacher: nn.Module | None) -> nn.Module:
+    """A new student (``init="scratch"``) or a copy of the teacher with a new head
+    (``init="finetune"``; for ``lwf`` the old head is kept beside the new one)."""
+    if config.init == "scratch":
+        if config.method == "lwf":
+            raise ValueError("method 'lwf' fine-tunes the teacher: set init='finetune'")
+        return _model(config.student, config.student_width, data.num_classes, data, config.seed)
+    if teacher is None:
+        raise ValueError("init='finetune' needs a teacher to start from")
+    backbone = copy.deepcopy(teacher).cpu()
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    if config.method == "lwf":
+        return MultiHead(backbone, data.num_classes, seed=config.seed)
+    return replace_head(backbone, data.num_classes, seed=config.seed)
+
+
+def run(config: Config, *, store: ResultStore | str | Path | None = None, device="auto", progress: bool = True,
+        callback: Callable[[dict], None] | None = None, noise_sigmas: Iterable[float] = NOISE_SIGMAS,
+        skip_done: bool = True) -> dict:
+    """Run one config end to end and return its record (also appended to ``store``, if given).
+
+    The record's metrics hold test/val/train accuracy, accuracy under Gaussian input noise at
+    each of ``noise_sigmas`` (``noise_acc``), the teacher-student saliency cosine, and the
+    teacher's own test accuracy.
+    """
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a jkt_lab.Config, got {type(config).__name__}")
+    method = get_method(config.method)
+    if isinstance(store, (str, Path)):
+        store = ResultStore(store)
+    if store is not None and skip_done and store.done(config.to_dict()):
+        return store.get(config.to_dict())
+    t0 = time.perf_counter()
+    data = load_data(config, classes=config.classes, per_class=config.per_class)
+    teacher, tinfo = None, None
+    if method.needs_teacher or config.init == "finetune":
+        teacher, tinfo = get_teacher(config, device=device, progress=progress)
+        if method.matches_logits and teacher.num_classes != data.num_classes:
+            raise ValueError(
+                f"teacher has {teacher.num_classes} outputs but the student's data has {data.num_classes} classes: "
+                f"method {config.method!r} matches outputs; use the same classes, or a transfer method (at, at+jacobian, lwf)")
+    student = build_student(config, data, teacher)
+    result: Result = fit(student, config.method, data, teacher=teacher if method.needs_teacher else None,
+                         config=config, device=device, progress=progress, callback=callback)
+    metrics = dict(result.metrics)
+    dev_data = data.to(result.device)
+    metrics["noise_acc"] = {f"{r['sigma']:g}": r["acc"] for r in robustness(student, dev_data, list(noise_sigmas))}
+    if teacher is not None and teacher.num_classes == data.num_classes:
+        probe = dev_data.x_test[:256]
+        metrics["saliency_cosine"] = saliency_cosine(student, teacher, probe)
+    if tinfo is not None:
+        metrics["teacher_test_acc"] = tinfo["metrics"]["test_acc"]
+    record = make_record(config.to_dict(), metrics, history=result.history, wall_time_s=time.perf_counter() - t0,
+                         device=result.device, extra={"teacher_key": tinfo["key"] if tinfo else None,
+                                                      "train_wall_time_s": result.wall_time_s})
+    if store is not None:
+        record = store.append(record)
+    return record
+
+
+def expand_grid(base: Config, grid: Mapping[str, Iterable]) -> list[Config]:
+    """Every combination of the grid's values applied to ``base`` (in a stable order)."""
+    if not isinstance(grid, Mapping):
+        raise TypeError(f"grid must be a mapping of field -> list of values, got {type(grid).__name__}")
+    keys = list(grid)
+    values = []
+    for k in keys:
+        v = grid[k]
+        if isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
+            raise ValueError(f"grid[{k!r}] must be a list of values, got {v!r}")
+        values.append(list(v))
+    return [base.replace(**dict(zip(keys, combo))) for combo in itertools.product(*values)]
+
+
+def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device="auto", progress: bool = True,
+          on_record: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run each config not yet in ``store`` (resumable: finished runs are skipped)."""
+    store = ResultStore(store) if isinstance(store, (str, Path)) else store
+    records = []
+    configs = list(configs)
+    for i, config in enumerate(configs):
+        done = store.done(config.to_dict())
+        if progress:
+            state = "done, skipped" if done else "running"
+            print(f"[{i + 1}/{len(configs)}] {config.method} per_class={config.per_class} seed={config.seed}: {state}",
+                  flush=True)
+        record = run(config, store=store, device=device, progress=progress)
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return records
+
+
+def load_spec(path: str | Path) -> list[Config]:
+    """Read a sweep spec (YAML or TOML): ``base`` (Config fields) and ``grid`` (field -> values),
+    or a list of such blocks under ``sweeps``. Returns the configs."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sweep spec {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+        spec = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+        spec = yaml.safe_load(text)
+    else:
+        raise ValueError(f"spec must be a .toml, .yaml or .yml file, got {path.name}")
+    blocks = spec.get("sweeps", [spec]) if isinstance(spec, dict) else None
+    if not blocks:
+        raise ValueError(f"{path}: expected a mapping with 'base' and 'grid' (or a list under 'sweeps')")
+    configs: list[Config] = []
+    for block in blocks:
+        base = Config.from_dict(dict(block.get("base", {})))
+        configs += expand_grid(base, block.get("grid", {}))
+    return configs

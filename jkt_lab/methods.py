@@ -1,0 +1,230 @@
+"""Training objectives, one small class each, in a registry by name.
+
+Each method's :meth:`Method.loss` takes a batch and returns ``(student_logits, terms)``, where
+``terms`` maps a name (``"ce"``, ``"kd"``, ``"jacobian"``, ...) to a weighted scalar; the
+training loss is their sum. The teacher stays in eval mode and is never updated.
+
+==================  ==============================================================  =======
+name                terms                                                           paper
+==================  ==============================================================  =======
+ce                  cross-entropy on labels (the student alone)                     Tab. 1
+kd                  ce + Hinton distillation at ``temperature``                     Sec. 5
+activations         ce + squared error of logits (activation matching)              Eq. 1
+kd+jacobian         ce + kd + jacobian_weight * Jacobian matching                   Sec. 3.2
+activations+jacobian ce + activations + jacobian_weight * Jacobian matching          Prop. 1
+noise               ce + distillation on noisy copies x + sigma z                   Sec. 3
+at                  ce + attention transfer (Zagoruyko & Komodakis)                 Sec. 4.3
+at+jacobian         ce + at + jacobian_weight * attention-map Jacobian matching     Sec. 4.3
+lwf                 ce on the new head + distillation of the old head (Li & Hoiem)  Sec. 4.3
+==================  ==============================================================  =======
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses
+from .config import Config
+from .jacobian import output_jacobian, projections
+
+__all__ = ["METHODS", "Method", "register", "get_method", "make_method"]
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    def deco(cls):
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
+def get_method(name: str) -> type["Method"]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def make_method(name: str, student: nn.Module, teacher: nn.Module | None, config: Config) -> "Method":
+    return get_method(name)(student, teacher, config)
+
+
+class Method:
+    """Base class: holds student, teacher and config; subclasses implement :meth:`terms`."""
+
+    name = "?"
+    needs_teacher = True          # a teacher model is required
+    matches_logits = True         # teacher and student must have the same number of outputs
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, config: Config):
+        self.student, self.teacher, self.config = student, teacher, config
+        if self.needs_teacher:
+            if teacher is None:
+                raise ValueError(f"method {self.name!r} needs a teacher; pass teacher=...")
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            if self.matches_logits and _num_outputs(teacher) != _num_outputs(student):
+                raise ValueError(
+                    f"teacher has {_num_outputs(teacher)} outputs but the student has {_num_outputs(student)}: "
+                    f"method {self.name!r} matches their outputs, so they must agree"
+                )
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(student_logits, {term: weighted scalar})`` for one batch; ``step`` seeds randomness."""
+        return self.terms(x, y, step)
+
+    def terms(self, x, y, step):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _generator(self, step: int) -> torch.Generator:
+        """Randomness of a step depends only on (seed, step): resumed runs repeat it exactly."""
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+
+    def _ce(self, logits, y):
+        return {"ce": self.config.ce_weight * F.cross_entropy(logits, y)} if self.config.ce_weight else {}
+
+
+def _num_outputs(model: nn.Module) -> int | None:
+    return getattr(model, "num_classes", None)
+
+
+@register("ce")
+class CrossEntropy(Method):
+    needs_teacher = False
+
+    def terms(self, x, y, step):
+        logits = self.student(x)
+        return logits, {"ce": F.cross_entropy(logits, y)}
+
+
+@register("kd")
+class KD(Method):
+    def terms(self, x, y, step):
+        logits = self.student(x)
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        c = self.config
+        return logits, {**self._ce(logits, y), "kd": c.kd_weight * losses.kd_loss(logits, t_logits, c.temperature)}
+
+
+@register("activations")
+class Activations(Method):
+    def terms(self, x, y, step):
+        logits = self.student(x)
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        return logits, {**self._ce(logits, y),
+                        "activations": self.config.activation_weight * losses.activation_loss(logits, t_logits)}
+
+
+class _JacobianMatching(Method):
+    """Shared by kd+jacobian and activations+jacobian: the output-Jacobian term of Section 3."""
+
+    def distill(self, logits, t_logits) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def terms(self, x, y, step):
+        c = self.config
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            t_logits = self.teacher(xg)
+            v = projections(t_logits.detach(), c.jacobian_output, labels=y, generator=self._generator(step))
+            j_t = output_jacobian(t_logits, xg, v)                    # no graph: a constant target
+            logits = self.student(xg)
+            j_s = output_jacobian(logits, xg, v, create_graph=True)   # differentiable in the student
+        t_logits = t_logits.detach()
+        return logits, {**self._ce(logits, y), **self.distill(logits, t_logits),
+                        "jacobian": c.jacobian_weight * losses.jacobian_loss(j_s, j_t, c.jacobian_kind)}
+
+
+@register("kd+jacobian")
+class KDJacobian(_JacobianMatching):
+    def distill(self, logits, t_logits):
+        return {"kd": self.config.kd_weight * losses.kd_loss(logits, t_logits, self.config.temperature)}
+
+
+@register("activations+jacobian")
+class ActivationsJacobian(_JacobianMatching):
+    def distill(self, logits, t_logits):
+        return {"activations": self.config.activation_weight * losses.activation_loss(logits, t_logits)}
+
+
+@register("noise")
+class Noise(Method):
+    def terms(self, x, y, step):
+        c = self.config
+        logits = self.student(x)
+        noisy = losses.noisy_distillation_loss(self.student, self.teacher, x, c.sigma, c.n_samples,
+                                               loss=c.noise_loss, temperature=c.temperature,
+                                               generator=self._generator(step))
+        weight = c.kd_weight if c.noise_loss == "kd" else c.activation_weight
+        return logits, {**self._ce(logits, y), "noise": weight * noisy}
+
+
+def _tap_pairs(student, teacher):
+    """Pair the deepest feature taps of student and teacher, as many as both have."""
+    s_taps, t_taps = tuple(student.feature_taps), tuple(teacher.feature_taps)
+    n = min(len(s_taps), len(t_taps))
+    if n == 0:
+        raise ValueError("attention transfer needs models with feature taps (build them with jkt_lab.models.build_model)")
+    return list(s_taps[-n:]), list(t_taps[-n:])
+
+
+class _Attention(Method):
+    matches_logits = False
+
+    def __init__(self, student, teacher, config):
+        super().__init__(student, teacher, config)
+        self.s_taps, self.t_taps = _tap_pairs(student, teacher)
+
+    def features(self, x):
+        logits, s_feats = self.student.forward_features(x)
+        _, t_feats = self.teacher.forward_features(x)
+        return logits, [s_feats[k] for k in self.s_taps], [t_feats[k] for k in self.t_taps]
+
+
+@register("at")
+class AttentionTransfer(_Attention):
+    def terms(self, x, y, step):
+        c = self.config
+        logits, s_f, t_f = self.features(x)
+        at = losses.attention_transfer_loss(s_f, [t.detach() for t in t_f], c.attention_p)
+        return logits, {**self._ce(logits, y), "at": c.attention_weight * at}
+
+
+@register("at+jacobian")
+class AttentionJacobian(_Attention):
+    def terms(self, x, y, step):
+        c = self.config
+        xg = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits, s_f, t_f = self.features(xg)
+            at = losses.attention_transfer_loss(s_f, [t.detach() for t in t_f], c.attention_p)
+            jac = losses.attention_jacobian_loss(s_f, t_f, xg, c.attention_p)
+        return logits, {**self._ce(logits, y), "at": c.attention_weight * at, "jacobian": c.jacobian_weight * jac}
+
+
+@register("lwf")
+class LearningWithoutForgetting(Method):
+    """The student is a :class:`~jkt_lab.models.MultiHead` built on a copy of the teacher."""
+
+    matches_logits = False
+
+    def __init__(self, student, teacher, config):
+        super().__init__(student, teacher, config)
+        if not hasattr(student, "forward_heads"):
+            raise ValueError("method 'lwf' needs a student with an old and a new head "
+                             "(jkt_lab.models.MultiHead; config init='finetune')")
+
+    def terms(self, x, y, step):
+        c = self.config
+        new_logits, old_logits, _ = self.student.forward_heads(x)
+        with torch.no_grad():
+            t_old = self.teacher(x)
+        t = losses.lwf_loss(new_logits, y, old_logits, t_old, temperature=c.temperature, lwf_weight=c.lwf_weight)
+        return new_logits, {"ce": c.ce_weight * t["ce"], "lwf": t["lwf"]}

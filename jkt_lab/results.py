@@ -1,0 +1,409 @@
+"""Append-only JSON-lines results store keyed by a config hash, plus tables of results.
+
+One experiment run = one record = one line of JSON. A record holds at least ``"config"`` (what
+was run) and usually ``"metrics"`` and ``"history"``; the store adds ``"key"`` (the config's
+hash) and ``"created"``. Each line goes to disk with a single ``write`` on an ``O_APPEND`` file
+followed by ``fsync``, so a run killed mid-write leaves at most one incomplete line, which
+reading skips with a warning. This module uses the standard library only (the kill tests load it by
+file path): it converts torch/numpy values when those are already imported, without importing them.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from numbers import Integral, Real
+from pathlib import Path, PurePath
+
+__all__ = [
+    "ResultStore",
+    "ResultStoreWarning",
+    "config_hash",
+    "to_jsonable",
+    "make_record",
+    "flatten",
+    "lookup",
+    "table",
+    "to_markdown",
+]
+
+
+class ResultStoreWarning(UserWarning):
+    """A line of a results file could not be read (e.g. a run killed mid-write) and was skipped."""
+
+
+# --------------------------------------------------------------------------- JSON conversion
+
+
+def to_jsonable(value, name: str = "record"):
+    """Plain JSON types from numpy/torch scalars and arrays (-> lists), Paths (-> str),
+    tuples (-> lists), dataclasses and objects with ``to_dict()``.
+
+    Non-finite floats (NaN, +-inf) become ``None`` (JSON has no NaN); so a NaN metric reads
+    back as ``null``/``None``. Mapping keys must be str (int keys are turned into str).
+    """
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, Integral):
+        return int(value)
+    if isinstance(value, Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, bool) or not isinstance(k, (str, Integral)):
+                raise TypeError(f"{name} keys must be str, got {type(k).__name__} key {k!r}")
+            k = k if isinstance(k, str) else str(int(k))
+            out[k] = to_jsonable(v, f"{name}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist(), name)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, (np.ndarray, np.generic)):
+        return to_jsonable(value.tolist(), name)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value), name)
+    if callable(getattr(value, "to_dict", None)):
+        return to_jsonable(value.to_dict(), name)
+    raise TypeError(
+        f"{name} must be JSON-serialisable (numbers, str, bool, None, lists, dicts, numpy/torch "
+        f"values, Paths), got {type(value).__name__}"
+    )
+
+
+def _check_config(config, name: str = "config") -> dict:
+    if not isinstance(config, Mapping):
+        raise TypeError(f"{name} must be a mapping (e.g. a dict of run settings), got {type(config).__name__}")
+    return to_jsonable(config, name)
+
+
+def config_hash(config: Mapping) -> str:
+    """First 16 hex digits of the sha256 of the config's canonical JSON (sorted keys,
+    compact separators, ``repr`` floats). Key order does not matter; ``1`` and ``1.0`` differ."""
+    canonical = json.dumps(_check_config(config), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class ResultStore:
+    """Append-only JSON-lines file of run records, looked up by config hash (``"key"``).
+
+    Reading never raises on a damaged file: incomplete or corrupt lines are skipped with a
+    :class:`ResultStoreWarning` naming the line. ``get``/``done``/``in`` see the latest record
+    for a key.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
+        self.path = Path(path)
+        self._cache: tuple[tuple, dict[str, dict]] | None = None
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+    # -- writing -----------------------------------------------------------------------
+    def append(self, record: Mapping) -> dict:
+        """Write one record (must contain a ``"config"`` mapping); returns the stored dict."""
+        if not isinstance(record, Mapping):
+            raise TypeError(f"record must be a mapping, got {type(record).__name__}")
+        if "config" not in record:
+            raise ValueError("record must contain 'config' (the mapping of settings that identifies the run)")
+        config = _check_config(record["config"], "record['config']")
+        body = to_jsonable(record, "record")
+        key = body.get("key")
+        if key is None:
+            key = config_hash(config)
+        elif not isinstance(key, str):
+            raise TypeError(f"record['key'] must be a str, got {type(key).__name__}")
+        created = body.get("created") or datetime.now(timezone.utc).isoformat()
+        stored = {"key": key, "created": created, **{k: v for k, v in body.items() if k not in ("key", "created")}}
+        data = (json.dumps(stored, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # close a line left incomplete by a killed writer
+            written = os.write(fd, data)
+            while written < len(data):  # rare short write: finish the same line
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return stored
+
+    # -- reading -----------------------------------------------------------------------
+    def records(self) -> list[dict]:
+        """All complete records, in file order; damaged lines are skipped with a warning."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        lines = raw.split(b"\n")
+        ends_clean = raw.endswith(b"\n")
+        out = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            last = number == len(lines) and not ends_clean
+            try:
+                record = json.loads(line.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                if "key" not in record:
+                    if not isinstance(record.get("config"), Mapping):
+                        raise ValueError("no 'key' and no 'config'")
+                    record["key"] = config_hash(record["config"])
+            except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                what = "incomplete last line (a run killed mid-write?)" if last else "corrupt line"
+                warnings.warn(
+                    f"{self.path}: skipped line {number} ({len(line)} bytes), {what}: {err}",
+                    ResultStoreWarning, stacklevel=2,
+                )
+                continue
+            out.append(record)
+        return out
+
+    def _index(self) -> dict[str, dict]:
+        """Latest record per key, re-read only when the file changed."""
+        try:
+            st = self.path.stat()
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            return {}
+        if self._cache is None or self._cache[0] != signature:
+            index = {}
+            for record in self.records():
+                index[record["key"]] = record
+            self._cache = (signature, index)
+        return self._cache[1]
+
+    @staticmethod
+    def _key(key_or_config) -> str:
+        if isinstance(key_or_config, str):
+            return key_or_config
+        if isinstance(key_or_config, Mapping):
+            return config_hash(key_or_config)
+        raise TypeError(f"key_or_config must be a key (str) or a config mapping, got {type(key_or_config).__name__}")
+
+    def get(self, key_or_config) -> dict | None:
+        """Latest record with this key (or this config's key), or None."""
+        record = self._index().get(self._key(key_or_config))
+        return copy.deepcopy(record) if record is not None else None
+
+    def done(self, config: Mapping) -> bool:
+        """True when a record for this config is already stored (skip re-running it)."""
+        return self._key(_check_config(config)) in self._index()
+
+    def keys(self) -> set[str]:
+        return set(self._index())
+
+    def __contains__(self, key_or_config) -> bool:
+        return self._key(key_or_config) in self._index()
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records())
+
+    def __len__(self) -> int:
+        return len(self.records())
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        module = sys.modules.get(package)
+        return str(getattr(module, "__version__", "unknown"))
+
+
+def make_record(config: Mapping, metrics: Mapping, history=None, wall_time_s=None, device=None,
+                extra: Mapping | None = None) -> dict:
+    """A record for :meth:`ResultStore.append`: config, metrics, history, run time, device
+    (str; ``"unknown"`` if not given), host and package versions."""
+    config = _check_config(config)
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of metric name to value, got {type(metrics).__name__}")
+    if wall_time_s is not None:
+        if isinstance(wall_time_s, bool) or not isinstance(wall_time_s, Real):
+            raise TypeError(f"wall_time_s must be a number of seconds, got {type(wall_time_s).__name__}")
+        wall_time_s = float(wall_time_s)
+        if not math.isfinite(wall_time_s) or wall_time_s < 0:
+            raise ValueError(f"wall_time_s must be a finite number >= 0, got {wall_time_s}")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise TypeError(f"extra must be a mapping or None, got {type(extra).__name__}")
+    record = {
+        "config": config,
+        "metrics": to_jsonable(metrics, "metrics"),
+        "history": to_jsonable(history, "history"),
+        "wall_time_s": wall_time_s,
+        "device": "unknown" if device is None else str(device),
+        "host": platform.node(),
+        "versions": {
+            "python": platform.python_version(),
+            **{p: _version(p) for p in ("torch", "torchvision", "numpy", "jkt_lab")},
+        },
+    }
+    if extra is not None:
+        record["extra"] = to_jsonable(extra, "extra")
+    return record
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def flatten(record: Mapping, prefix: str = "") -> dict:
+    """Nested mappings to one level with dotted keys: ``{"config": {"method": m}}`` -> ``{"config.method": m}``."""
+    out = {}
+    for k, v in record.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+_MISSING = object()
+
+
+def lookup(record: Mapping, path: str, default=None):
+    """Value at a dotted path (``"metrics.test_acc"``); keys that contain dots are found too."""
+    parts = path.split(".")
+
+    def walk(node, parts):
+        if not isinstance(node, Mapping):
+            return _MISSING
+        for i in range(len(parts), 0, -1):
+            k = ".".join(parts[:i])
+            if k in node:
+                found = node[k] if i == len(parts) else walk(node[k], parts[i:])
+                if found is not _MISSING:
+                    return found
+        return _MISSING
+
+    found = walk(record, parts)
+    return default if found is _MISSING else found
+
+
+def _names(value, name: str) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a list of column names (dotted paths), got {type(value).__name__}")
+    for c in value:
+        if not isinstance(c, str):
+            raise TypeError(f"{name} must hold str column names, got {type(c).__name__}")
+    return list(value)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def table(records: Iterable[Mapping], columns: Sequence[str], *, group_by: Sequence[str] | None = None,
+          metric: str | None = None) -> list[dict]:
+    """Rows of dotted-path columns, one per record.
+
+    With ``group_by`` and ``metric``: one row per distinct ``group_by`` value (first-seen order)
+    with ``<metric>.mean``, ``<metric>.std`` (sample std, ddof=1; None when n < 2) and ``n`` (the
+    number of records with a numeric metric) aggregated over the rest, e.g. over seeds. Other
+    ``columns`` keep their value when it is the same across the group, else None.
+    """
+    columns = _names(columns, "columns")
+    if isinstance(records, Mapping) or not isinstance(records, Iterable):
+        raise TypeError(f"records must be an iterable of record mappings, got {type(records).__name__}")
+    records = list(records)
+    for i, r in enumerate(records):
+        if not isinstance(r, Mapping):
+            raise TypeError(f"records[{i}] must be a mapping, got {type(r).__name__}")
+    if (group_by is None) != (metric is None):
+        raise ValueError("group_by and metric must be given together (group rows, then aggregate the metric)")
+    if group_by is None:
+        return [{c: lookup(r, c) for c in columns} for r in records]
+    group_by = _names(group_by, "group_by")
+    if not isinstance(metric, str):
+        raise TypeError(f"metric must be a column name (str), got {type(metric).__name__}")
+
+    groups: dict[str, list[Mapping]] = {}
+    for r in records:
+        gkey = json.dumps([to_jsonable(lookup(r, g), g) for g in group_by], sort_keys=True)
+        groups.setdefault(gkey, []).append(r)
+    rows = []
+    for members in groups.values():
+        row = {g: lookup(members[0], g) for g in group_by}
+        for c in columns:
+            if c in group_by or c == metric:
+                continue
+            values = [lookup(m, c) for m in members]
+            row[c] = values[0] if all(v == values[0] for v in values) else None
+        values = [float(v) for v in (lookup(m, metric) for m in members)
+                  if _is_number(v) and math.isfinite(v)]
+        row[f"{metric}.mean"] = statistics.fmean(values) if values else None
+        row[f"{metric}.std"] = statistics.stdev(values) if len(values) > 1 else None
+        row["n"] = len(values)
+        rows.append(row)
+    return rows
+
+
+def _cell(value, floatfmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or isinstance(value, Integral):
+        return str(value)
+    if isinstance(value, Real):
+        return format(float(value), floatfmt)
+    if not isinstance(value, str):
+        value = json.dumps(to_jsonable(value, "cell"))
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".2f") -> str:
+    """A GitHub markdown table; numeric columns right-aligned, floats as ``floatfmt``, None blank."""
+    if isinstance(rows, Mapping) or not isinstance(rows, Iterable):
+        raise TypeError(f"rows must be a list of row mappings, got {type(rows).__name__}")
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    columns = _names(columns, "columns")
+    if not isinstance(floatfmt, str):
+        raise TypeError(f"floatfmt must be a format spec str such as '.2f', got {type(floatfmt).__name__}")
+    try:
+        format(1.0, floatfmt)
+    except ValueError as err:
+        raise ValueError(f"floatfmt must be a float format spec such as '.2f', got {floatfmt!r}") from err
+    if not columns:
+        return ""
+    numeric = [
+        any(r.get(c) is not None for r in rows) and all(r.get(c) is None or _is_number(r.get(c)) for r in rows)
+        for c in columns
+    ]
+    lines = [
+        "| " + " | ".join(_cell(c, floatfmt) for c in columns) + " |",
+        "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(c), floatfmt) for c in columns) + " |")
+    return "\n".join(lines) + "\n"

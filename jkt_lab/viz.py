@@ -1,0 +1,137 @@
+"""Plotly figures. Each function reads results (records, sweeps, histories, tensors) and returns
+a ``plotly.graph_objects.Figure``; nothing here computes what the library already computed."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .results import lookup, table
+
+__all__ = ["equivalence_figure", "accuracy_figure", "noise_figure", "history_figure", "saliency_grid",
+           "METHOD_COLORS"]
+
+METHOD_COLORS = {
+    "ce": "#7f7f7f", "kd": "#1f77b4", "activations": "#17becf", "kd+jacobian": "#d62728",
+    "activations+jacobian": "#ff7f0e", "noise": "#2ca02c", "at": "#9467bd", "at+jacobian": "#e377c2",
+    "lwf": "#8c564b", "teacher": "#000000",
+}
+
+
+def _color(name: str) -> str | None:
+    return METHOD_COLORS.get(str(name).split(" ")[0])
+
+
+def equivalence_figure(sweep: Mapping) -> go.Figure:
+    """Log-log plot of ``|MC - noise_free|`` (slope 2) and ``|MC - prediction|`` (slope 4)
+    against sigma, from :func:`jkt_lab.theory.sigma_sweep`."""
+    rows = sweep["rows"]
+    sigmas = [r["sigma"] for r in rows]
+    fig = go.Figure()
+    series = [("noise_free", f"|MC - noise-free|  (slope {sweep['slope_noise_free']:.2f})", "#1f77b4"),
+              ("prediction", f"|MC - prediction|  (slope {sweep['slope_prediction']:.2f})", "#d62728")]
+    if "slope_proposition1" in sweep and not math.isclose(rows[0]["curvature_term"], 0.0, abs_tol=1e-15):
+        series.append(("proposition1", f"|MC - Proposition 1|  (slope {sweep['slope_proposition1']:.2f})", "#ff7f0e"))
+    for key, name, color in series:
+        gaps = [max(abs(r["monte_carlo"] - r[key]), 1e-300) for r in rows]
+        fig.add_trace(go.Scatter(x=sigmas, y=gaps, mode="lines+markers", name=name, line={"color": color}))
+    fig.update_xaxes(type="log", title="sigma (input noise std)")
+    fig.update_yaxes(type="log", title="absolute gap")
+    fig.update_layout(title=f"Noise vs. Jacobian: {rows[0]['loss']} loss", template="plotly_white",
+                      legend={"x": 0.01, "y": 0.99})
+    return fig
+
+
+def _grouped(records, x: str, metric: str, color: str):
+    rows = table(records, [x, color], group_by=[color, x], metric=metric)
+    out: dict[str, list[tuple]] = {}
+    for r in rows:
+        if r[f"{metric}.mean"] is None or r[x] is None and x != "config.per_class":
+            continue
+        out.setdefault(str(r[color]), []).append((r[x], r[f"{metric}.mean"], r[f"{metric}.std"] or 0.0, r["n"]))
+    return out
+
+
+def accuracy_figure(records: Iterable[Mapping], *, x: str = "config.per_class", metric: str = "metrics.test_acc",
+                    color: str = "config.method", title: str = "Test accuracy against images per class") -> go.Figure:
+    """Mean (+- std over seeds) of ``metric`` against ``x``, one line per ``color`` value."""
+    records = list(records)
+    fig = go.Figure()
+    for name, pts in _grouped(records, x, metric, color).items():
+        all_label = max((p[0] for p in pts if p[0] is not None), default=1) * 2
+        pts = sorted(((p[0] if p[0] is not None else all_label), *p[1:]) for p in pts)
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[100 * p[1] for p in pts],
+                                 error_y={"type": "data", "array": [100 * p[2] for p in pts]},
+                                 mode="lines+markers", name=name, line={"color": _color(name)}))
+    fig.update_xaxes(type="log" if x.endswith("per_class") else "linear", title=x.split(".")[-1])
+    fig.update_yaxes(title="accuracy (%)")
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def noise_figure(records: Iterable[Mapping], *, color: str = "config.method",
+                 title: str = "Accuracy under Gaussian input noise") -> go.Figure:
+    """Accuracy against noise sigma (from ``metrics.noise_acc``), mean over records per ``color``."""
+    curves: dict[str, dict[float, list[float]]] = {}
+    for r in records:
+        accs = lookup(r, "metrics.noise_acc") or {}
+        for s, acc in accs.items():
+            curves.setdefault(str(lookup(r, color)), {}).setdefault(float(s), []).append(acc)
+    fig = go.Figure()
+    for name, by_sigma in curves.items():
+        sig = sorted(by_sigma)
+        fig.add_trace(go.Scatter(x=sig, y=[100 * sum(by_sigma[s]) / len(by_sigma[s]) for s in sig],
+                                 mode="lines+markers", name=name, line={"color": _color(name)}))
+    fig.update_xaxes(title="noise sigma (pixel units, [0, 1] scale)")
+    fig.update_yaxes(title="accuracy (%)")
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def history_figure(history: Sequence[Mapping], *, title: str = "Training") -> go.Figure:
+    """Loss terms (left) and accuracies (right) against the training step."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss terms", "accuracy"))
+    steps = [h["step"] for h in history]
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    for k in keys:
+        if k.startswith("loss/"):
+            fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=k[5:], mode="lines"), 1, 1)
+    for k in ("train_acc", "val_acc"):
+        if k in keys:
+            fig.add_trace(go.Scatter(x=steps, y=[None if h.get(k) is None else 100 * h[k] for h in history],
+                                     name=k, mode="lines+markers"), 1, 2)
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(title="%", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def saliency_grid(images, maps: Mapping[str, object], *, titles: Sequence[str] | None = None,
+                  title: str = "Saliency (input Jacobian)") -> go.Figure:
+    """Images in the first row, one row of saliency maps per entry of ``maps`` (name -> (N,H,W))."""
+    import torch
+
+    images = images.detach().cpu()
+    n = images.shape[0]
+    names = list(maps)
+    fig = make_subplots(rows=1 + len(names), cols=n, horizontal_spacing=0.01, vertical_spacing=0.03,
+                        row_titles=["input", *names], column_titles=list(titles) if titles else None)
+    for j in range(n):
+        img = images[j]
+        if img.shape[0] == 1:
+            img = img.expand(3, -1, -1)
+        rgb = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        fig.add_trace(go.Image(z=rgb), 1, j + 1)
+        for i, name in enumerate(names):
+            m = maps[name][j].detach().cpu().float()
+            m = m / m.max().clamp(min=1e-12)
+            fig.add_trace(go.Heatmap(z=m.flip(0).numpy(), colorscale="Inferno", showscale=False, zmin=0, zmax=1),
+                          i + 2, j + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title=title, template="plotly_white", height=170 * (1 + len(names)) + 60,
+                      margin={"l": 60, "r": 10, "t": 60, "b": 10})
+    return fig
