@@ -137,7 +137,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class TinyNet(TapModel):
-    """Three conv-BN-ReLU layers (widths w, 2w, 4w; the last two stride 2), global pool, linear.
+    """Three conv-BN-ReLU layers (widths w, 2w, 4w) with 2x2 max-pools between them, global pool, linear.
 
     Made for CPU quick mode. Taps ``block1..block3`` are the three layers' outputs.
     """
@@ -148,16 +148,16 @@ class TinyNet(TapModel):
         super().__init__(num_classes, in_channels, mean, std)
         w = width
         self.block1 = _conv_bn_relu(in_channels, w)
-        self.block2 = _conv_bn_relu(w, 2 * w, stride=2)
-        self.block3 = _conv_bn_relu(2 * w, 4 * w, stride=2)
+        self.block2 = _conv_bn_relu(w, 2 * w)
+        self.block3 = _conv_bn_relu(2 * w, 4 * w)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(4 * w, num_classes)
         _init_weights(self)
 
     def _body(self, z):
         f1 = self.block1(z)
-        f2 = self.block2(f1)
-        f3 = self.block3(f2)
+        f2 = self.block2(F.max_pool2d(f1, 2, ceil_mode=True))
+        f3 = self.block3(F.max_pool2d(f2, 2, ceil_mode=True))
         return self.pool(f3).flatten(1), {"block1": f1, "block2": f2, "block3": f3}
 
 

@@ -565,6 +565,7 @@ def test_select_classes_relabels_in_given_order():
     assert torch.equal(s.mask_train, d.mask_train[idx])
     keep = d.select_classes([4, 2], relabel=False)
     assert keep.classes == d.classes and sorted(set(keep.y_train.tolist())) == [2, 4]
+    assert torch.bincount(keep.few_shot(2).y_train, minlength=5).tolist() == [0, 0, 2, 0, 2]
     src, tgt = d.select_classes(range(0, 2)), d.select_classes(range(2, 5))
     assert src.num_classes == 2 and tgt.classes == ["c2", "c3", "c4"]
     for bad in ([], [1, 1], [7]):
