@@ -26,7 +26,7 @@ from .results import ResultStore, config_hash, make_record
 from .saliency import saliency_cosine
 from .train import Result, fit, resolve_device, robustness
 
-__all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "expand_grid", "sweep",
+__all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
            "load_spec", "NOISE_SIGMAS"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -129,6 +129,7 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
                 f"teacher has {teacher.num_classes} outputs but the student's data has {data.num_classes} classes: "
                 f"method {config.method!r} matches outputs; use the same classes, or a transfer method (at, at+jacobian, lwf)")
     student = build_student(config, data, teacher)
+    key = config_hash(config.to_dict())
     result: Result = fit(student, config.method, data, teacher=teacher if method.needs_teacher else None,
                          config=config, device=device, progress=progress, callback=callback)
     metrics = dict(result.metrics)
@@ -144,7 +145,34 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
                                                       "train_wall_time_s": result.wall_time_s})
     if store is not None:
         record = store.append(record)
+    _save_weights(student, runs_dir() / "students" / f"{key}.pt")
+    (runs_dir() / "students" / f"{key}.json").write_text(json.dumps(record))
     return record
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+
+
+def trained_student(config: Config, *, store: ResultStore | str | Path | None = None, device="auto",
+                    progress: bool = True) -> tuple[nn.Module, dict]:
+    """The trained student of ``config`` and its record: loaded from the runs directory when this
+    config was run before (and its record is in ``store``, if given), else trained now."""
+    key = config_hash(config.to_dict())
+    weights, meta = runs_dir() / "students" / f"{key}.pt", runs_dir() / "students" / f"{key}.json"
+    store = ResultStore(store) if isinstance(store, (str, Path)) else store
+    if weights.exists() and meta.exists() and (store is None or store.done(config.to_dict())):
+        record = json.loads(meta.read_text())
+    else:
+        record = run(config, store=store, device=device, progress=progress, skip_done=False)
+    data = load_data(config, classes=config.classes)
+    teacher = get_teacher(config, device="cpu", progress=progress)[0] if config.init == "finetune" else None
+    student = build_student(config, data, teacher)
+    student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return student.eval().to(resolve_device(device)), record
 
 
 def expand_grid(base: Config, grid: Mapping[str, Iterable]) -> list[Config]:
