@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 import types
@@ -73,7 +72,8 @@ def _common(parser):
 def demo_configs(quick: bool) -> list:
     """The main job's runs: ce, kd and kd+jacobian students on the shapes dataset, few images per class."""
     from .config import Config
-    base = Config(dataset="shapes", n_train=1000 if quick else 4000, teacher="tiny", teacher_width=32,
+    base = Config(dataset="shapes", n_train=600 if quick else 4000, n_test=300 if quick else 1000,
+                  teacher="tiny", teacher_width=16 if quick else 32,
                   teacher_epochs=2 if quick else 8, student="tiny", student_width=16, per_class=5,
                   steps=30 if quick else 300, batch_size=64, lr=0.05, seed=0)
     return [base.replace(method=m) for m in ("ce", "kd", "kd+jacobian")]
@@ -136,7 +136,8 @@ def cmd_sweep(args) -> int:
     configs = load_spec(args.spec)
     if args.quick:
         from .experiments import quick_config
-        configs = list(dict.fromkeys(quick_config(c) for c in configs))
+        from .results import config_hash
+        configs = list({config_hash(q.to_dict()): q for q in map(quick_config, configs)}.values())
     print(f"{len(configs)} runs in {args.spec}; results -> {args.store}")
     sweep(configs, args.store, device=args.device, progress=not args.no_progress)
     return 0
@@ -227,12 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if getattr(args, "quick", False):
-        os.environ["JKT_LAB_QUICK"] = "1"
-    else:
+    if hasattr(args, "quick"):
         from .config import quick_mode
-        if hasattr(args, "quick"):
-            args.quick = quick_mode()
+        args.quick = args.quick or quick_mode()
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -32,7 +32,8 @@ class Config:
     teacher_width: int | None = None
     teacher_epochs: int = 30
     teacher_seed: int = 0                 # one teacher shared by all student seeds
-    n_train: int | None = None            # size of a generated dataset (shapes); None: its default
+    n_train: int | None = None            # training images to use (class-balanced subset; shapes: generated)
+    n_test: int | None = None             # test images to use (None: all)
     classes: tuple[int, ...] | None = None          # train on these classes only (transfer target)
     teacher_classes: tuple[int, ...] | None = None  # the teacher's (source) classes
     init: str = "scratch"                 # "scratch" or "finetune" (student starts from the teacher)
@@ -75,8 +76,9 @@ class Config:
         for name in ("epochs", "teacher_epochs", "n_samples", "batch_size"):
             check_int(getattr(self, name), name, minimum=1 if "epochs" not in name else 0)
         check_int(self.teacher_seed, "teacher_seed", minimum=0)
-        if self.n_train is not None:
-            check_int(self.n_train, "n_train", minimum=1)
+        for name in ("n_train", "n_test"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, minimum=1)
         for name in ("steps", "eval_every"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)
@@ -118,7 +120,7 @@ class Config:
         """The config that trains this run's teacher (cross-entropy on all its data)."""
         return Config(dataset=self.dataset, per_class=None, method="ce", student=self.teacher,
                       student_width=self.teacher_width, teacher=self.teacher, teacher_width=self.teacher_width,
-                      classes=self.teacher_classes, n_train=self.n_train, epochs=self.teacher_epochs,
+                      classes=self.teacher_classes, n_train=self.n_train, n_test=self.n_test, epochs=self.teacher_epochs,
                       teacher_epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr,
                       momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
                       augment=self.augment, amp=self.amp, seed=self.teacher_seed, teacher_seed=self.teacher_seed)

@@ -27,7 +27,7 @@ from .saliency import saliency_cosine
 from .train import Result, fit, resolve_device, robustness
 
 __all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
-           "load_spec", "NOISE_SIGMAS"]
+           "load_spec", "quick_config", "NOISE_SIGMAS"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
 
@@ -41,7 +41,7 @@ def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_cla
               seed: int | None = None) -> data_mod.Data:
     """The dataset of ``config``: validation split fixed (seed 0), classes selected, then the
     ``per_class`` few-shot subset drawn with the run's seed."""
-    kwargs = {"n_train": config.n_train} if config.n_train is not None else {}
+    kwargs = {k: getattr(config, k) for k in ("n_train", "n_test") if getattr(config, k) is not None}
     data = data_mod.load(config.dataset, seed=0, **kwargs)
     if classes:
         data = data.select_classes(list(classes))
@@ -175,6 +175,14 @@ def trained_student(config: Config, *, store: ResultStore | str | Path | None = 
     return student.eval().to(resolve_device(device)), record
 
 
+def quick_config(config: Config) -> Config:
+    """The same run at toy size (quick mode): few images, one teacher epoch, a few steps."""
+    return config.replace(n_train=min(config.n_train or 600, 600), n_test=min(config.n_test or 300, 300),
+                          teacher_epochs=min(config.teacher_epochs, 1), epochs=min(config.epochs, 1),
+                          steps=min(config.steps or 10, 10),
+                          per_class=None if config.per_class is None else min(config.per_class, 20))
+
+
 def expand_grid(base: Config, grid: Mapping[str, Iterable]) -> list[Config]:
     """Every combination of the grid's values applied to ``base`` (in a stable order)."""
     if not isinstance(grid, Mapping):
@@ -190,14 +198,15 @@ def expand_grid(base: Config, grid: Mapping[str, Iterable]) -> list[Config]:
 
 
 def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device="auto", progress: bool = True,
-          on_record: Callable[[dict], None] | None = None) -> list[dict]:
-    """Run each config not yet in ``store`` (resumable: finished runs are skipped)."""
+          on_record: Callable[[dict], None] | None = None, verbose: bool = True) -> list[dict]:
+    """Run each config not yet in ``store`` (resumable: finished runs are skipped); ``verbose``
+    prints one line per run, ``progress`` shows progress bars."""
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
     records = []
     configs = list(configs)
     for i, config in enumerate(configs):
         done = store.done(config.to_dict())
-        if progress:
+        if verbose:
             state = "done, skipped" if done else "running"
             print(f"[{i + 1}/{len(configs)}] {config.method} per_class={config.per_class} seed={config.seed}: {state}",
                   flush=True)
