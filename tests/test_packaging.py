@@ -54,7 +54,7 @@ def test_dependencies_are_ranges_not_pins():
 def test_readme_quickstart_has_the_two_commands():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## Quickstart", 1)[1].split("```", 2)[1]
-    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    commands = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("#")]
     assert len(commands) == 2, commands
     assert "jkt-lab demo" in commands[0]
     assert "pytest" in commands[1]
