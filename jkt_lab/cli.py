@@ -17,6 +17,7 @@ EPILOG = """examples:
   jkt-lab distill --method kd+jacobian --per-class 5 --store results.jsonl
   jkt-lab sweep results/specs/quick.yaml --store results.jsonl
   jkt-lab report results.jsonl --out report/
+  jkt-lab reproduce --dataset cifar10   # the paper's experiments on a GPU (--quick: toy size on CPU)
 environment: JKT_LAB_DATA (datasets), JKT_LAB_CACHE (decoded caches), JKT_LAB_RUNS (teachers,
 checkpoints), JKT_LAB_QUICK=1 (tiny sizes, same code path)."""
 
@@ -145,7 +146,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
-    paths = write_report(args.results, args.out, title=args.title)
+    paths = write_report(args.results, args.out, title=args.title, plotlyjs=args.plotlyjs)
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {paths['markdown']} and {paths['html']}")
     return 0
@@ -175,6 +176,18 @@ def cmd_demo(args) -> int:
     _print_table(accuracy_table(records), None)
     paths = write_report(records, out, title="jkt_lab demo: distillation with few images per class")
     print(f"\nreport: {paths['html']}  ({time.perf_counter() - t0:.1f} s in all)")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+    from .report import write_report
+    parts = args.parts.split(",")
+    times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
+                      progress=not args.no_progress)
+    paths = write_report(args.store, args.report, title=f"Reproducing Srinivas & Fleuret (2018) on {args.dataset}"
+                         + (" (quick, toy size)" if args.quick else ""), timings=times, plotlyjs=args.plotlyjs)
+    print(f"wrote {paths['markdown']} and {paths['html']}")
     return 0
 
 
@@ -214,10 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="JSON-lines results file")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("reproduce", help="the paper's three experiments (GPU), resumable; --quick: toy size on CPU")
+    _common(p)
+    p.add_argument("--dataset", default="cifar10", help="cifar10 (offline: the JPEG zip) or cifar100 (downloads)")
+    p.add_argument("--parts", default="select,distillation,transfer", help="comma-separated subset of the parts")
+    p.add_argument("--store", default="results/reproduce.jsonl", help="JSON-lines results file")
+    p.add_argument("--report", default="results", help="folder for REPORT.md and report.html")
+    p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
+    p.set_defaults(func=cmd_reproduce)
+
     p = sub.add_parser("report", help="tables (REPORT.md) and plotly figures (report.html) from a results file")
     p.add_argument("results", help="JSON-lines results file")
     p.add_argument("--out", default="report", help="output folder")
     p.add_argument("--title", default="jkt_lab results")
+    p.add_argument("--plotlyjs", default="inline", choices=["cdn", "inline"],
+                   help="inline: report.html opens offline; cdn: a small file that loads plotly.js online")
     p.set_defaults(func=cmd_report)
     return parser
 

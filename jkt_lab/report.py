@@ -9,7 +9,7 @@ from pathlib import Path
 from .results import ResultStore, lookup, table, to_markdown
 from .viz import accuracy_figure, noise_figure
 
-__all__ = ["accuracy_table", "noise_table", "write_report"]
+__all__ = ["variant", "accuracy_table", "noise_table", "claims", "write_report"]
 
 
 def _fmt(mean, std, n):
@@ -18,14 +18,23 @@ def _fmt(mean, std, n):
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std is not None and n > 1 else f"{100 * mean:.1f}"
 
 
+def variant(record: Mapping) -> str:
+    """A run's label: ``config.extra.variant`` when set (e.g. "kd+jacobian (squared)"), else the method."""
+    return lookup(record, "config.extra.variant") or lookup(record, "config.method")
+
+
+def _labelled(records):
+    return [{**r, "variant": variant(r)} for r in records]
+
+
 def accuracy_table(records: Iterable[Mapping], metric: str = "metrics.test_acc") -> list[dict]:
-    """One row per method, one column per ``per_class`` ("all" for None): mean ± std (%) over seeds."""
-    records = list(records)
-    rows = table(records, [], group_by=["config.method", "config.per_class"], metric=metric)
+    """One row per method (variant), one column per ``per_class`` ("all" for None): mean ± std (%) over seeds."""
+    records = _labelled(records)
+    rows = table(records, [], group_by=["variant", "config.per_class"], metric=metric)
     per_class = sorted({r["config.per_class"] for r in rows}, key=lambda v: (v is None, v or 0))
     out: dict[str, dict] = {}
     for r in rows:
-        row = out.setdefault(r["config.method"], {"method": r["config.method"]})
+        row = out.setdefault(r["variant"], {"method": r["variant"]})
         col = "all" if r["config.per_class"] is None else str(r["config.per_class"])
         row[col] = _fmt(r[f"{metric}.mean"], r[f"{metric}.std"], r["n"])
     cols = ["method"] + ["all" if p is None else str(p) for p in per_class]
@@ -39,7 +48,7 @@ def noise_table(records: Iterable[Mapping]) -> list[dict]:
         accs = lookup(r, "metrics.noise_acc")
         if not accs:
             continue
-        key = (lookup(r, "config.method"), lookup(r, "config.per_class"))
+        key = (variant(r), lookup(r, "config.per_class"))
         for s, a in accs.items():
             groups.setdefault(key, {}).setdefault(s, []).append(a)
     rows = []
@@ -51,8 +60,88 @@ def noise_table(records: Iterable[Mapping]) -> list[dict]:
     return rows
 
 
-def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab results") -> dict[str, Path]:
-    """Write ``REPORT.md`` and ``report.html`` into ``out_dir``; returns their paths."""
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _by_per_class(records, name, value):
+    out: dict = {}
+    for r in records:
+        if variant(r) == name:
+            out.setdefault(lookup(r, "config.per_class"), []).append(value(r))
+    return {k: _mean(v) for k, v in out.items()}
+
+
+def _compare(records, better: str, worse: str, value, keep=lambda per_class: True) -> tuple[str, str]:
+    """Verdict and a markdown table comparing two variants per ``per_class``."""
+    a, b = _by_per_class(records, better, value), _by_per_class(records, worse, value)
+    keys = sorted((k for k in a if k in b and keep(k) and a[k] is not None and b[k] is not None),
+                  key=lambda v: (v is None, v or 0))
+    if not keys:
+        return "not measured", ""
+    rows = [{"per_class": "all" if k is None else k, better: 100 * a[k], worse: 100 * b[k],
+             "difference": 100 * (a[k] - b[k])} for k in keys]
+    wins = sum(r["difference"] > 0 for r in rows)
+    mean_diff = sum(r["difference"] for r in rows) / len(rows)
+    if wins > len(rows) / 2 and mean_diff > 0:
+        verdict = "supported"
+    elif wins < len(rows) / 2 and mean_diff < 0:
+        verdict = "not supported"
+    else:
+        verdict = "mixed"
+    verdict += f" ({better} ahead in {wins} of {len(rows)} settings, mean difference {mean_diff:+.2f} points)"
+    return verdict, to_markdown(rows, floatfmt=".2f")
+
+
+def claims(records: Iterable[Mapping]) -> list[str]:
+    """Markdown: the paper's claims, each with our numbers and a plain verdict."""
+    records = list(records)
+    dist = [r for r in records if lookup(r, "config.extra.part") in (None, "distillation")]
+    transfer = [r for r in records if lookup(r, "config.extra.part") == "transfer"]
+    test_acc = lambda r: lookup(r, "metrics.test_acc")  # noqa: E731
+    out = ["## Claims of the paper", ""]
+    verdict, tab = _compare(dist, "kd+jacobian", "kd", test_acc, keep=lambda k: k is not None and k <= 10)
+    out += ["1. **Jacobian matching helps distillation when data is scarce** (test accuracy, %, per_class <= 10, "
+            f"kd+jacobian vs. kd): **{verdict}**.", "", tab, ""]
+    for sigma in ("0.1", "0.2"):
+        verdict, tab = _compare(dist, "kd+jacobian", "kd", lambda r: (lookup(r, "metrics.noise_acc") or {}).get(sigma))
+        out += [f"2. **Jacobian-matched students are more robust to Gaussian input noise** (test accuracy, %, "
+                f"under noise sigma = {sigma}, kd+jacobian vs. kd): **{verdict}**.", "", tab, ""]
+    for init in ("fine-tune", "scratch"):
+        verdict, tab = _compare(transfer, f"at+jacobian ({init})", f"at ({init})", test_acc)
+        out += [f"3. **Matching Jacobians of attention maps helps transfer learning** ({init}; test accuracy, %, "
+                f"at+jacobian vs. at): **{verdict}**.", "", tab, ""]
+    return out
+
+
+def _section(title: str, records: list, plotlyjs) -> tuple[list[str], list]:
+    md = [f"## {title}: test accuracy (%) by images per class", "", "Mean ± std over seeds.", "",
+          to_markdown(accuracy_table(records)), ""]
+    figs = [accuracy_figure(_labelled(records), color="variant", title=f"{title}: test accuracy against images per class")]
+    noise = noise_table(records)
+    if noise:
+        md += [f"## {title}: test accuracy (%) under Gaussian input noise", "", to_markdown(noise), ""]
+        figs.append(noise_figure(_labelled(records), color="variant", title=f"{title}: accuracy under input noise"))
+    cos = table(_labelled(records), [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
+    cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
+    if cos:
+        md += [f"## {title}: teacher-student saliency cosine (top-1 Jacobians, test images)", "",
+               to_markdown([{"method": r["variant"], "per_class": r["config.per_class"],
+                             "cosine": r["metrics.saliency_cosine.mean"], "n": r["n"]} for r in cos], floatfmt=".3f"), ""]
+    return md, figs
+
+
+def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab results",
+                 timings: Mapping[str, float] | None = None, plotlyjs: str = "inline") -> dict[str, Path]:
+    """Write ``REPORT.md`` and ``report.html`` into ``out_dir``; returns their paths.
+
+    Records with ``config.extra.part`` (from ``jkt-lab reproduce``) get one section per part
+    and the "Claims of the paper" section. ``plotlyjs="inline"`` embeds plotly.js (the page
+    opens offline); ``"cdn"`` links it (a small file, for committed reports).
+    """
+    if plotlyjs not in ("inline", "cdn"):
+        raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
     if isinstance(records_or_path, (str, Path)):
         path = Path(records_or_path)
         if not path.exists():
@@ -64,27 +153,37 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
         raise ValueError("no results to report: the results file is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = accuracy_table(records)
-    noise = noise_table(records)
-    md = [f"# {title}", "", f"{len(records)} runs.", "", "## Test accuracy (%) by images per class",
-          "", "Mean ± std over seeds.", "", to_markdown(acc), ""]
-    if noise:
-        md += ["## Test accuracy (%) under Gaussian input noise", "", to_markdown(noise), ""]
-    cos = table(records, [], group_by=["config.method", "config.per_class"], metric="metrics.saliency_cosine")
-    cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
-    if cos:
-        md += ["## Teacher-student saliency cosine (top-1 Jacobians, test images)", "",
-               to_markdown([{"method": r["config.method"], "per_class": r["config.per_class"],
-                             "cosine": r["metrics.saliency_cosine.mean"], "n": r["n"]} for r in cos], floatfmt=".3f"), ""]
+    parts = {}
+    for r in records:
+        parts.setdefault(lookup(r, "config.extra.part") or "runs", []).append(r)
+    md = [f"# {title}", "", f"{len(records)} runs. Generated by `jkt-lab report`.", ""]
+    teacher_acc = sorted({round(100 * v, 2) for r in records if (v := lookup(r, "metrics.teacher_test_acc"))})
+    if teacher_acc:
+        md += [f"Teacher test accuracy: {', '.join(f'{a:.2f}%' for a in teacher_acc)}.", ""]
+    if timings:
+        md += ["Wall time by part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".", ""]
+    figs = []
+    titles = {"runs": "Runs", "select": "Selection (validation)", "distillation": "Distillation",
+              "transfer": "Transfer"}
+    for part, recs in parts.items():
+        if part == "select":
+            rows = [{"variant": variant(r), **{k: lookup(r, f"config.{k}") for k in
+                                                ("jacobian_weight", "sigma", "temperature")},
+                     "val_acc": 100 * (lookup(r, "metrics.val_acc") or 0)} for r in recs]
+            md += ["## Hyper-parameters chosen on the validation split", "", to_markdown(rows), ""]
+            continue
+        sec_md, sec_figs = _section(titles.get(part, part), recs, plotlyjs)
+        md += sec_md
+        figs += sec_figs
+    if any(lookup(r, "config.extra.part") for r in records):
+        md += claims(records)
     md_path = out / "REPORT.md"
     md_path.write_text("\n".join(md))
-    figs = [accuracy_figure(records)]
-    if noise:
-        figs.append(noise_figure(records))
-    parts = [f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(chr(10).join(md[2:]))}</pre>"]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(chr(10).join(md[2:]))}</pre>"]
     for i, fig in enumerate(figs):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), default_width="100%"))
+        js = (i == 0) if plotlyjs == "inline" else ("cdn" if i == 0 else False)
+        body.append(fig.to_html(full_html=False, include_plotlyjs=js, default_width="100%"))
     html_path = out / "report.html"
     html_path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title)
-                         + "</title></head><body>" + "\n".join(parts) + "</body></html>")
+                         + "</title></head><body>" + "\n".join(body) + "</body></html>")
     return {"markdown": md_path, "html": html_path}

@@ -11,7 +11,8 @@ from plotly.subplots import make_subplots
 from .results import lookup, table
 
 __all__ = ["equivalence_figure", "accuracy_figure", "noise_figure", "history_figure", "saliency_grid",
-           "METHOD_COLORS"]
+           "METHOD_COLORS", "equivalence_terms_figure", "maps_figure", "robustness_figure", "accuracy_bars",
+           "attention_figure"]
 
 METHOD_COLORS = {
     "ce": "#7f7f7f", "kd": "#1f77b4", "activations": "#17becf", "kd+jacobian": "#d62728",
@@ -135,3 +136,128 @@ def saliency_grid(images, maps: Mapping[str, object], *, titles: Sequence[str] |
     fig.update_layout(title=title, template="plotly_white", height=170 * (1 + len(names)) + 60,
                       margin={"l": 60, "r": 10, "t": 60, "b": 10})
     return fig
+
+
+# --------------------------------------------------------------------------- notebook figures
+
+
+def equivalence_terms_figure(sweep: Mapping) -> go.Figure:
+    """The sigma^2 term itself, log-log: the measured ``|MC - noise_free|`` next to Proposition 1's
+    ``sigma^2 |jacobian_term|`` and the full second order ``sigma^2 |jacobian_term + curvature_term|``
+    (from :func:`jkt_lab.theory.sigma_sweep`)."""
+    rows = sweep["rows"]
+    sigmas = [r["sigma"] for r in rows]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=sigmas, y=[max(abs(r["monte_carlo"] - r["noise_free"]), 1e-300) for r in rows],
+                             mode="markers", marker={"size": 10, "color": "#1f77b4"},
+                             name="measured: |MC - noise-free|"))
+    fig.add_trace(go.Scatter(x=sigmas, y=[max(abs(r["proposition1"] - r["noise_free"]), 1e-300) for r in rows],
+                             mode="lines", line={"color": "#ff7f0e", "dash": "dash"},
+                             name="Proposition 1: sigma^2 |Jacobian term|"))
+    fig.add_trace(go.Scatter(x=sigmas, y=[max(abs(r["prediction"] - r["noise_free"]), 1e-300) for r in rows],
+                             mode="lines", line={"color": "#d62728"},
+                             name="second order: sigma^2 |Jacobian + curvature|"))
+    fig.update_xaxes(type="log", title="sigma (input noise std)")
+    fig.update_yaxes(type="log", title="increase of the expected loss")
+    fig.update_layout(title=f"The sigma^2 term: {rows[0]['loss']} loss", template="plotly_white",
+                      legend={"x": 0.01, "y": 0.99})
+    return fig
+
+
+def _to_rgb(img):
+    import torch
+    img = img.detach().cpu().float()
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def maps_figure(image, rows: Mapping[str, Mapping[str, object]], *, title: str = "Saliency (input Jacobian)",
+                normalize: bool = True, colorscale: str = "Inferno") -> go.Figure:
+    """One input image (C, H, W) on the left, then a grid of 2-D maps: ``rows`` maps a row name
+    to ``{column name: (h, w) tensor}`` (maps may differ in size, e.g. attention maps of several
+    layers). Each map is scaled to [0, 1] by its maximum when ``normalize``."""
+    names = list(rows)
+    n_cols = max((len(rows[r]) for r in names), default=0)
+    if not names or n_cols == 0:
+        raise ValueError("rows must hold at least one row with at least one map")
+    titles = []
+    for r in names:
+        cols = list(rows[r])
+        titles += ["input" if not titles else ""] + [f"{c}" for c in cols] + [""] * (n_cols - len(cols))
+    fig = make_subplots(rows=len(names), cols=1 + n_cols, horizontal_spacing=0.01,
+                        vertical_spacing=0.08 if len(names) > 1 else 0.0, subplot_titles=titles,
+                        row_titles=names if len(names) > 1 else None)
+    fig.add_trace(go.Image(z=_to_rgb(image), name="input"), 1, 1)
+    for i, r in enumerate(names):
+        for j, (col, m) in enumerate(rows[r].items()):
+            m = m.detach().cpu().float()
+            if normalize:
+                m = m / m.abs().max().clamp(min=1e-12)
+            fig.add_trace(go.Heatmap(z=m.flip(0).numpy(), colorscale=colorscale, showscale=False,
+                                     zmin=0 if normalize else None, zmax=1 if normalize else None,
+                                     name=f"{r}: {col}"), i + 1, j + 2)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(title=title, template="plotly_white", height=190 * len(names) + 90,
+                      width=max(420, 150 * (1 + n_cols)), margin={"l": 60, "r": 10, "t": 80, "b": 10})
+    return fig
+
+
+def robustness_figure(curves: Mapping[str, Sequence[Mapping]], *,
+                      title: str = "Accuracy under Gaussian input noise") -> go.Figure:
+    """Accuracy against noise sigma, one line per model: ``curves`` maps a name to the rows of
+    :func:`jkt_lab.train.robustness` (each with ``sigma`` and ``acc``)."""
+    fig = go.Figure()
+    for name, rows in curves.items():
+        rows = sorted(rows, key=lambda r: r["sigma"])
+        fig.add_trace(go.Scatter(x=[r["sigma"] for r in rows], y=[100 * r["acc"] for r in rows],
+                                 mode="lines+markers", name=str(name),
+                                 line={"color": _color(name), "dash": "dot" if name == "teacher" else None}))
+    fig.update_xaxes(title="noise sigma (pixel units, [0, 1] scale)")
+    fig.update_yaxes(title="accuracy (%)")
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.test_acc",
+                  title: str = "Test accuracy") -> go.Figure:
+    """Bars of the mean ``metric`` (%, +- std over records) per label; ``label(record)`` names a
+    record's bar (e.g. method and initialisation). Bars keep the order labels first appear in."""
+    import statistics
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        v = lookup(r, metric)
+        if v is not None:
+            groups.setdefault(str(label(r)), []).append(100 * float(v))
+    names = list(groups)
+    fig = go.Figure(go.Bar(x=names, y=[statistics.fmean(groups[n]) for n in names],
+                           error_y={"type": "data", "array": [statistics.pstdev(groups[n]) for n in names]},
+                           marker={"color": [_color(n) or "#7f7f7f" for n in names]},
+                           text=[f"{statistics.fmean(groups[n]):.1f}" for n in names], textposition="outside",
+                           name=metric.split(".")[-1]))
+    fig.update_yaxes(title="accuracy (%)", rangemode="tozero")
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
+
+
+def attention_figure(model, image, *, p: float = 2.0, title: str = "Attention maps and their Jacobians") -> go.Figure:
+    """For one image (C, H, W): each feature tap's attention map (:func:`jkt_lab.losses.attention_map`,
+    channel mean of |A|^p) and the saliency of its Jacobian (:func:`jkt_lab.losses.attention_jacobians`,
+    the input gradient of the map's largest value; max over colour channels of its absolute value)."""
+    import torch
+    from .losses import attention_jacobians, attention_map
+
+    was = model.training
+    model.eval()
+    try:
+        x = image.detach().unsqueeze(0).requires_grad_(True)
+        with torch.enable_grad():
+            _, feats = model.forward_features(x)
+            taps = list(model.feature_taps)
+            jac = attention_jacobians([feats[t] for t in taps], x, p)
+    finally:
+        model.train(was)
+    att = {t: attention_map(feats[t].detach(), p, normalize=False)[0].reshape(feats[t].shape[-2:]) for t in taps}
+    sal = {t: jac[0, i].abs().amax(dim=0) for i, t in enumerate(taps)}
+    return maps_figure(image, {"attention map": att, "Jacobian of its max": sal}, title=title)

@@ -1,0 +1,214 @@
+"""What the notebooks share: the course's configs (quick-mode aware), its results store, the
+committed results, the trained models, and a tool that strips outputs from notebooks.
+
+    python -m jkt_lab.nbtools notebooks/*.ipynb           # strip outputs in place
+    python -m jkt_lab.nbtools --check notebooks/*.ipynb   # exit 1 if any notebook has outputs
+
+The notebooks keep no logic of their own: every setting they use comes from here, so the
+widgets, the tests and the notebooks run the same experiments. Quick mode (``JKT_LAB_QUICK=1``,
+:func:`jkt_lab.config.quick_mode`) shrinks them with :func:`jkt_lab.experiments.quick_config`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .config import Config, quick_mode
+
+__all__ = ["course_config", "transfer_config", "indoor67_config", "course_store", "committed_results",
+           "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
+           "strip_outputs", "notebook_outputs", "main"]
+
+#: The students compared in notebooks 02-04 (Section 5 of the paper: few-shot distillation).
+DISTILLATION_METHODS = ("ce", "kd", "kd+jacobian")
+
+#: The transfer-learning runs of notebook 05: label -> Config changes (Section 4.3).
+TRANSFER_RUNS = {
+    "ce (scratch)": {"method": "ce", "init": "scratch"},
+    "ce (fine-tune)": {"method": "ce", "init": "finetune"},
+    "lwf": {"method": "lwf", "init": "finetune"},
+    "at": {"method": "at", "init": "scratch"},
+    "at+jacobian": {"method": "at+jacobian", "init": "scratch"},
+}
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sized(config: Config, quick: bool | None) -> Config:
+    from .experiments import quick_config
+    return quick_config(config) if (quick_mode() if quick is None else quick) else config
+
+
+def course_config(quick: bool | None = None, **changes) -> Config:
+    """The course's distillation setting on the embedded shapes dataset: a tiny CNN teacher
+    (width 32, 8 epochs on 4000 generated images), tiny students (width 8) trained for 300 steps
+    on 10 images per class. In quick mode (default: ``quick_mode()``) the same run at toy size."""
+    base = Config(dataset="shapes", n_train=4000, n_test=1000, teacher="tiny", teacher_width=32, teacher_epochs=8,
+                  student="tiny", student_width=8, per_class=10, steps=300, batch_size=64, lr=0.05,
+                  method="kd+jacobian", seed=0)
+    return _sized(base, quick).replace(**changes)
+
+
+def transfer_config(quick: bool | None = None, **changes) -> Config:
+    """Offline transfer on shapes: the teacher (source) learns classes 0-4 from all its images,
+    the student (target) learns classes 5-9 from ``per_class`` images each."""
+    base = course_config(quick=False).replace(teacher_classes=(0, 1, 2, 3, 4), classes=(5, 6, 7, 8, 9),
+                                              method="at+jacobian")
+    return _sized(base, quick).replace(**changes)
+
+
+def indoor67_config(**changes) -> Config:
+    """The paper's online transfer: ImageNet-pretrained ResNet-34 (source) to MIT Indoor-67 (target).
+
+    Needs a ``Config.teacher_pretrained`` field (the teacher is then the ImageNet network, not
+    trained here); raises ``NotImplementedError`` when this version of jkt_lab has none.
+    """
+    names = {f.name for f in dataclasses.fields(Config)}
+    if "teacher_pretrained" not in names:
+        raise NotImplementedError(
+            "the online transfer run needs an ImageNet-pretrained teacher (Config.teacher_pretrained), "
+            "which this version of jkt_lab does not have yet")
+    # The student architecture and optimisation settings are this course's choice, not the paper's.
+    base = Config(dataset="indoor67", teacher="resnet34", teacher_pretrained=True, teacher_epochs=0,
+                  student="resnet18", per_class=None, method="at+jacobian", epochs=30, batch_size=64, lr=0.01)
+    return base.replace(**changes)
+
+
+def transfer_label(record) -> str:
+    """The :data:`TRANSFER_RUNS` label of a record (or config dict): method plus initialisation."""
+    config = record.get("config", record)
+    for label, changes in TRANSFER_RUNS.items():
+        if all(config.get(k) == v for k, v in changes.items()):
+            return label
+    return f"{config.get('method')} ({config.get('init')})"
+
+
+def toy_pair(activation: str = "tanh", n_inputs: int = 10, n_outputs: int = 5, n_examples: int = 16):
+    """The small teacher/student MLPs and inputs of notebook 01 (float64): ``(teacher, student, x)``.
+
+    The teacher has two hidden layers of 32, the student one of 16; ``activation`` "tanh" (smooth)
+    or "relu" (piecewise linear)."""
+    import torch
+    from .theory import make_mlp
+    teacher = make_mlp(n_inputs, n_outputs, (32, 32), activation, seed=1)
+    student = make_mlp(n_inputs, n_outputs, (16,), activation, seed=2)
+    x = torch.randn(n_examples, n_inputs, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return teacher, student, x
+
+
+def run_online_transfer(store: str | Path | None = None, *, device="auto", progress: bool = True) -> dict | None:
+    """Run :func:`indoor67_config` when MIT Indoor-67 and the pretrained teacher are available;
+    otherwise print what is missing and return None."""
+    from . import data as data_mod
+    from .experiments import run
+    missing = []
+    try:
+        config = indoor67_config()
+        print(config)
+    except NotImplementedError as err:
+        missing.append(str(err))
+    try:
+        data_mod.load("indoor67")
+    except data_mod.DataNotFoundError as err:
+        missing.append(str(err))
+    if missing:
+        print("not run here:\n- " + "\n- ".join(missing))
+        return None
+    record = run(config, store=course_store() if store is None else store, device=device, progress=progress)
+    print(f"{config.method}: target test accuracy {100 * record['metrics']['test_acc']:.1f}%")
+    return record
+
+
+def course_store() -> Path:
+    """The notebooks' results file: ``<runs_dir()>/course_results.jsonl`` (``JKT_LAB_RUNS``)."""
+    from .experiments import runs_dir
+    return runs_dir() / ("course_results_quick.jsonl" if quick_mode() else "course_results.jsonl")
+
+
+def committed_results(folder: str | Path | None = None) -> list[dict]:
+    """Records of every ``*.jsonl`` file in the repository's ``results/`` folder (or ``folder``);
+    an empty list when there are none (nothing committed yet, or an installed package)."""
+    from .results import ResultStore
+    folder = Path(folder) if folder is not None else _REPO_ROOT / "results"
+    if not folder.is_dir():
+        return []
+    records: list[dict] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        records += ResultStore(path).records()
+    return records
+
+
+def trained_models(config: Config | None = None, methods: Sequence[str] = DISTILLATION_METHODS, *,
+                   store: str | Path | None = None, device="cpu", progress: bool = False):
+    """The teacher and one trained student per method (loaded when run before, else trained).
+
+    Returns ``(models, records)``: ``{"teacher": ..., method: student, ...}`` in eval mode and
+    ``{method: record}``.
+    """
+    from .experiments import get_teacher, trained_student
+    config = config or course_config()
+    store = course_store() if store is None else store
+    teacher, info = get_teacher(config, device=device, progress=progress)
+    models, records = {"teacher": teacher.eval()}, {}
+    for method in methods:
+        student, record = trained_student(config.replace(method=method), store=store, device=device,
+                                          progress=progress)
+        models[method], records[method] = student.eval(), record
+    return models, records
+
+
+# --------------------------------------------------------------------------- notebook outputs
+
+
+def notebook_outputs(path: str | Path) -> list[int]:
+    """Indices of the code cells that hold outputs or an execution count."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [i for i, c in enumerate(nb.get("cells", [])) if c.get("cell_type") == "code"
+            and (c.get("outputs") or c.get("execution_count") is not None)]
+
+
+def strip_outputs(path: str | Path) -> bool:
+    """Remove outputs, execution counts and saved widget state from a notebook, in place.
+    Returns True when the file changed."""
+    import nbformat
+    path = Path(path)
+    before = path.read_text(encoding="utf-8")
+    nb = nbformat.reads(before, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        for key in ("execution", "collapsed", "scrolled"):
+            cell.metadata.pop(key, None)
+    nb.metadata.pop("widgets", None)
+    after = nbformat.writes(nb) + "\n"
+    if after != before:
+        path.write_text(after, encoding="utf-8")
+        return True
+    return False
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jkt_lab.nbtools",
+                                     description="Strip outputs from notebooks (or --check that none have any).")
+    parser.add_argument("notebooks", nargs="+", help=".ipynb files")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook has outputs")
+    args = parser.parse_args(None if argv is None else list(argv))
+    status = 0
+    for name in args.notebooks:
+        if args.check:
+            cells = notebook_outputs(name)
+            if cells:
+                print(f"{name}: outputs in code cells {cells}")
+                status = 1
+        elif strip_outputs(name):
+            print(f"stripped {name}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The paper's three experiments as one resumable pipeline (``jkt-lab reproduce``).
+
+1. Distillation with few data (Table 1): a VGG teacher, a smaller VGG student, ``per_class`` in
+   {1, 5, 10, 50, 100, 500, all}; variants ce, kd, kd + normalised top-1 Jacobian (the
+   paper's), kd + squared-error Jacobian (Sobolev), distillation with input noise, kd +
+   random-projection Jacobian; 3 seeds.
+2. Robustness: every student of part 1 is evaluated under Gaussian input noise
+   (``metrics.noise_acc``, sigma in {0, 0.02, 0.05, 0.1, 0.2}).
+3. Transfer (offline form of the MIT Scenes experiment): a teacher trained on classes 0-4, a
+   few-shot target task on classes 5-9; fine-tuning, LwF, attention transfer and attention
+   transfer + attention-map Jacobians, from the teacher and from scratch; 3 seeds.
+
+jacobian_weight, sigma and temperature are chosen on the validation split (``select`` part,
+at one ``per_class``, seed 0), never on test. Every run goes to one results store, so the
+pipeline can stop and resume anywhere. ``quick=True`` runs the same grid at toy size.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import Config
+from .experiments import get_teacher, quick_config, run
+from .results import ResultStore, config_hash, lookup
+
+__all__ = ["PARTS", "PER_CLASS", "TRANSFER_PER_CLASS", "SEEDS", "base_config", "selection_configs",
+           "distillation_configs", "transfer_configs", "select", "reproduce"]
+
+PARTS = ("select", "distillation", "transfer")
+PER_CLASS = (1, 5, 10, 50, 100, 500, None)
+TRANSFER_PER_CLASS = (5, 10, 25, 50, 100, None)
+SEEDS = (0, 1, 2)
+SELECT_PER_CLASS = 10
+SELECTION = {  # variant -> grid searched on the validation split
+    "kd": {"temperature": [2.0, 4.0, 8.0]},
+    "kd+jacobian": {"jacobian_weight": [0.1, 1.0, 10.0]},
+    "kd+jacobian (squared)": {"jacobian_weight": [0.1, 1.0, 10.0]},
+    "kd+jacobian (random)": {"jacobian_weight": [0.1, 1.0, 10.0]},
+    "noise": {"sigma": [0.02, 0.05, 0.1]},
+    "at+jacobian": {"jacobian_weight": [0.1, 1.0, 10.0]},
+}
+DISTILLATION = {  # variant -> (method, config changes)
+    "ce": ("ce", {}),
+    "kd": ("kd", {}),
+    "kd+jacobian": ("kd+jacobian", {"jacobian_kind": "normalized", "jacobian_output": "top1"}),
+    "kd+jacobian (squared)": ("kd+jacobian", {"jacobian_kind": "squared", "jacobian_output": "top1"}),
+    "kd+jacobian (random)": ("kd+jacobian", {"jacobian_kind": "normalized", "jacobian_output": "random"}),
+    "noise": ("noise", {"n_samples": 1}),
+}
+TRANSFER = {
+    "fine-tune (ce)": ("ce", "finetune"),
+    "lwf": ("lwf", "finetune"),
+    "at (fine-tune)": ("at", "finetune"),
+    "at+jacobian (fine-tune)": ("at+jacobian", "finetune"),
+    "scratch (ce)": ("ce", "scratch"),
+    "at (scratch)": ("at", "scratch"),
+    "at+jacobian (scratch)": ("at+jacobian", "scratch"),
+}
+
+
+def base_config(dataset: str = "cifar10") -> Config:
+    """Paper-style settings for a GPU: VGG-9 teacher, VGG-4 student, 32x32 inputs."""
+    return Config(dataset=dataset, teacher="vgg9", teacher_width=64, teacher_epochs=30, student="vgg4",
+                  student_width=32, batch_size=128, lr=0.05, weight_decay=5e-4, epochs=30, steps=1500,
+                  temperature=4.0, jacobian_weight=1.0, sigma=0.05, attention_weight=100.0)
+
+
+def _variant(config: Config, name: str, part: str, **changes) -> Config:
+    return config.replace(**changes, extra={**config.extra, "variant": name, "part": part})
+
+
+def _maybe_quick(configs: Iterable[Config], quick: bool) -> list[Config]:
+    if not quick:
+        return list(configs)
+    unique = {}
+    for c in configs:
+        q = quick_config(c)
+        unique.setdefault(config_hash(q.to_dict()), q)
+    return list(unique.values())
+
+
+def selection_configs(base: Config, quick: bool = False) -> list[Config]:
+    """The validation runs: each variant's grid at ``per_class`` = 10, seed 0."""
+    out = []
+    for name, grid in SELECTION.items():
+        (field, values), = grid.items()
+        if name == "at+jacobian":
+            c0 = _variant(_transfer_base(base), name, "select", method="at+jacobian", init="finetune",
+                          per_class=SELECT_PER_CLASS, seed=0)
+        else:
+            method, changes = DISTILLATION[name]
+            c0 = _variant(base, name, "select", method=method, per_class=SELECT_PER_CLASS, seed=0, **changes)
+        out += [c0.replace(**{field: v}) for v in values]
+    return _maybe_quick(out, quick)
+
+
+def select(store: ResultStore, base: Config, quick: bool = False) -> dict[str, dict]:
+    """Best value per variant by validation accuracy, from the ``select`` runs in ``store``."""
+    chosen = {}
+    for name, grid in SELECTION.items():
+        (field, _), = grid.items()
+        best = None
+        for c in selection_configs(base, quick):
+            if c.extra.get("variant") != name:
+                continue
+            r = store.get(c.to_dict())
+            if r is None:
+                continue
+            acc = lookup(r, "metrics.val_acc")
+            if acc is not None and (best is None or acc > best[0]):
+                best = (acc, getattr(c, field))
+        if best is not None:
+            chosen[name] = {field: best[1], "val_acc": best[0]}
+    return chosen
+
+
+def _apply(chosen: dict, name: str) -> dict:
+    return {k: v for k, v in chosen.get(name, {}).items() if k != "val_acc"}
+
+
+def distillation_configs(base: Config, chosen: dict, quick: bool = False) -> list[Config]:
+    out = []
+    for per_class in PER_CLASS:
+        for name, (method, changes) in DISTILLATION.items():
+            for seed in SEEDS:
+                out.append(_variant(base, name, "distillation", method=method, per_class=per_class, seed=seed,
+                                    **changes, **_apply(chosen, name)))
+    return _maybe_quick(out, quick)
+
+
+def _transfer_base(base: Config) -> Config:
+    return base.replace(teacher_classes=(0, 1, 2, 3, 4), classes=(5, 6, 7, 8, 9))
+
+
+def transfer_configs(base: Config, chosen: dict, quick: bool = False) -> list[Config]:
+    out = []
+    tb = _transfer_base(base)
+    for per_class in TRANSFER_PER_CLASS:
+        for name, (method, init) in TRANSFER.items():
+            extra = _apply(chosen, "at+jacobian") if method == "at+jacobian" else {}
+            for seed in SEEDS:
+                out.append(_variant(tb, name, "transfer", method=method, init=init, per_class=per_class,
+                                    seed=seed, **extra))
+    return _maybe_quick(out, quick)
+
+
+def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[str] = PARTS, quick: bool = False,
+              device="auto", progress: bool = True, base: Config | None = None) -> dict:
+    """Run the parts in order (skipping finished runs) and return wall times by part (seconds)."""
+    parts = list(parts)
+    for p in parts:
+        if p not in PARTS:
+            raise ValueError(f"unknown part {p!r}; valid parts: {', '.join(PARTS)}")
+    store = ResultStore(store)
+    base = base or base_config(dataset)
+    times: dict[str, float] = {}
+
+    def batch(name, configs):
+        t0 = time.perf_counter()
+        todo = [c for c in configs if not store.done(c.to_dict())]
+        print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already done", flush=True)
+        for i, c in enumerate(todo):
+            if progress:
+                print(f"  [{i + 1}/{len(todo)}] {c.extra.get('variant')} per_class={c.per_class} seed={c.seed}",
+                      flush=True)
+            run(c, store=store, device=device, progress=progress)
+        times[name] = time.perf_counter() - t0
+
+    for label, conf in (("teacher", base), ("transfer teacher", _transfer_base(base))):
+        if label == "transfer teacher" and "transfer" not in parts:
+            continue
+        t0 = time.perf_counter()
+        conf = quick_config(conf) if quick else conf
+        _, info = get_teacher(conf, device=device, progress=progress)
+        times[label] = time.perf_counter() - t0
+        print(f"{label}: test accuracy {100 * info['metrics']['test_acc']:.2f}% "
+              f"(trained in {info['wall_time_s']:.0f} s on {info['device']})", flush=True)
+    if "select" in parts:
+        batch("select", selection_configs(base, quick))
+    chosen = select(store, base, quick)
+    if chosen:
+        print("chosen on the validation split: " +
+              "; ".join(f"{k}: {_apply(chosen, k)}" for k in chosen), flush=True)
+    if "distillation" in parts:
+        batch("distillation", distillation_configs(base, chosen, quick))
+    if "transfer" in parts:
+        batch("transfer", transfer_configs(base, chosen, quick))
+    return times
