@@ -41,7 +41,8 @@ def equivalence_figure(sweep: Mapping) -> go.Figure:
     fig.update_xaxes(type="log", title="sigma (input noise std)")
     fig.update_yaxes(type="log", title="absolute gap")
     fig.update_layout(title=f"Noise vs. Jacobian: {rows[0]['loss']} loss", template="plotly_white",
-                      legend={"x": 0.01, "y": 0.99})
+                      legend={"x": 0.99, "y": 0.01, "xanchor": "right", "yanchor": "bottom",
+                              "bgcolor": "rgba(255,255,255,0.8)"})
     return fig
 
 
@@ -160,7 +161,8 @@ def equivalence_terms_figure(sweep: Mapping) -> go.Figure:
     fig.update_xaxes(type="log", title="sigma (input noise std)")
     fig.update_yaxes(type="log", title="increase of the expected loss")
     fig.update_layout(title=f"The sigma^2 term: {rows[0]['loss']} loss", template="plotly_white",
-                      legend={"x": 0.01, "y": 0.99})
+                      legend={"x": 0.99, "y": 0.01, "xanchor": "right", "yanchor": "bottom",
+                              "bgcolor": "rgba(255,255,255,0.8)"})
     return fig
 
 

@@ -44,10 +44,14 @@ BAD_WIDGET_TEXT = ("Error displaying widget", "Loading widget...", "Error render
 # ------------------------------------------------------------------------------------ browser
 def find_browser() -> tuple[str | None, str | None]:
     """(chromium, chromedriver) executables, or None for the one that is missing."""
-    chromium = os.environ.get("JKT_LAB_CHROMIUM") or next(
-        (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = os.environ.get("JKT_LAB_CHROMEDRIVER") or shutil.which("chromedriver")
-    return chromium, driver
+    def pick(env: str, names: tuple[str, ...]) -> str | None:
+        given = os.environ.get(env)
+        if given:
+            return given if os.access(given, os.X_OK) else None
+        return next((p for p in map(shutil.which, names) if p), None)
+
+    return (pick("JKT_LAB_CHROMIUM", ("chromium", "chromium-browser", "google-chrome")),
+            pick("JKT_LAB_CHROMEDRIVER", ("chromedriver",)))
 
 
 def make_driver(profile_dir: Path):
@@ -113,6 +117,7 @@ class LabServer:
     def env(self) -> dict:
         env = dict(os.environ)
         for key, sub in (("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_CONFIG_DIR", "config"),
+                         ("JUPYTER_DATA_DIR", "data"),  # no user kernelspecs: the venv's python3
                          ("JUPYTERLAB_SETTINGS_DIR", "lab-settings"),
                          ("JUPYTERLAB_WORKSPACES_DIR", "lab-workspaces"), ("IPYTHONDIR", "ipython"),
                          ("JKT_LAB_RUNS", "jkt-runs"), ("JKT_LAB_CACHE", "jkt-cache"),
@@ -232,7 +237,8 @@ panel.content.widgets.forEach((cell, i) => {
   const prompt = cell.node.querySelector('.jp-InputPrompt');
   if (prompt && prompt.textContent.includes('*')) running += 1;
   for (const o of cell.model.outputs.toJSON()) {
-    if (o.output_type === 'error') errors.push(`cell ${i}: ${o.ename}: ${o.evalue}`);
+    if (o.output_type === 'error')
+      errors.push(`cell #${i} (In[${cell.model.executionCount}]): ${o.ename}: ${o.evalue}`);
   }
 });
 return JSON.stringify({kernel: kernel ? kernel.status : null, total, done, running, errors});
@@ -257,18 +263,23 @@ return JSON.stringify({
 });
 """
 
-JS_FRAME = _JS_PANEL + """
-// Single-document mode, sidebars closed, then put the first cell holding a widget (else a plot)
-// at the top of the notebook's scroll area.
+JS_LAYOUT = _JS_PANEL + """
+// Screenshot layout: single-document mode, side panels closed.
 app.shell.mode = 'single-document';
 app.shell.collapseLeft(); app.shell.collapseRight();
+app.shell.activateById(panel.id);
+return JSON.stringify({ok: true});
+"""
+
+JS_SCROLL = _JS_PANEL + """
+// Put the cell holding the target (default: the first widget, else the first plot) at the top.
 const node = panel.node;
-const target = arguments[1] ? node.querySelector(arguments[1]) : null;
-let el = target || node.querySelector(arguments[2]) || node.querySelector(arguments[3]);
+const el = (arguments[1] && node.querySelector(arguments[1])) || node.querySelector(arguments[2])
+           || node.querySelector(arguments[3]);
 if (!el) return JSON.stringify({framed: false});
 const cell = el.closest('.jp-Cell') || el;
 cell.scrollIntoView({block: 'start'});
-return JSON.stringify({framed: true});
+return JSON.stringify({framed: true, top: cell.getBoundingClientRect().top});
 """
 
 
@@ -280,11 +291,13 @@ class NotebookRun:
     rendered: dict = field(default_factory=dict)
     screenshot: Path | None = None
     console: list = field(default_factory=list)
+    timed_out: str | None = None
 
     def problems(self) -> list[str]:
         """Everything that should fail the test, as readable lines."""
         p, r = self.progress, self.rendered
-        out = [f"error output: {e}" for e in p.get("errors", [])]
+        out = [self.timed_out] if self.timed_out else []
+        out += [f"error output: {e}" for e in p.get("errors", [])]
         if p.get("done", 0) < p.get("total", 0):
             out.append(f"only {p.get('done')} of {p.get('total')} code cells executed")
         if not r.get("widgets"):
@@ -294,7 +307,8 @@ class NotebookRun:
                        f"output mimetypes {r.get('mimetypes')})")
         for t in r.get("stderr", []):
             if "Traceback" in t or "Error" in t:
-                out.append("stderr with a traceback/error: " + t.strip()[:600])
+                t = t.strip()
+                out.append("stderr with a traceback/error: " + (t if len(t) < 1200 else t[:400] + "\n...\n" + t[-800:]))
         out += ["error output in the page: " + t.strip()[:600] for t in r.get("error_nodes", [])]
         out += ["widget placeholder left: " + t.strip()[:300] for t in r.get("outputs_text", [])]
         return out
@@ -321,7 +335,6 @@ def run_notebook(driver, server: LabServer, name: str, *, timeout: float = 240.0
     """Open ``name`` (relative to the server root), run all cells, wait, inspect, screenshot."""
     run = NotebookRun(name)
     t0 = time.monotonic()
-    driver.get(server.url(name))
 
     def opened():
         state = _json(driver, JS_OPEN_STATE, name)
@@ -331,9 +344,6 @@ def run_notebook(driver, server: LabServer, name: str, *, timeout: float = 240.0
             return False
         return state and state.get("ready") and state.get("kernel") == "idle"
 
-    wait_for(opened, 120, f"{name} to open with an idle kernel")
-    _json(driver, JS_RUN_ALL, name)
-
     def finished():
         p = _json(driver, JS_PROGRESS, name) or {}
         run.progress = p
@@ -342,34 +352,51 @@ def run_notebook(driver, server: LabServer, name: str, *, timeout: float = 240.0
         return (p.get("kernel") == "idle" and not p.get("running")
                 and p.get("total", 0) > 0 and p.get("done") == p.get("total"))
 
+    def drawn():  # widgets and plotly draw asynchronously after the kernel is idle
+        run.rendered = _json(driver, JS_RENDERED, name, WIDGET_SELECTOR, PLOTLY_SELECTOR,
+                             list(BAD_WIDGET_TEXT)) or {}
+        r = run.rendered
+        return r.get("widgets") and r.get("drawn_plots") == r.get("plots") > 0 and not r.get("outputs_text")
+
     try:
-        wait_for(finished, timeout, f"all cells of {name} to execute (last state {run.progress})", poll=1.0)
-
-        # Widgets and plotly draw asynchronously after the kernel is idle: give them a moment.
-        def drawn():
-            run.rendered = _json(driver, JS_RENDERED, name, WIDGET_SELECTOR, PLOTLY_SELECTOR,
-                                 list(BAD_WIDGET_TEXT)) or {}
-            r = run.rendered
-            return r.get("widgets") and r.get("drawn_plots") == r.get("plots") > 0 and not r.get("outputs_text")
-
+        driver.get(server.url(name))
+        wait_for(opened, 120, f"{name} to open with an idle kernel")
+        _json(driver, JS_RUN_ALL, name)
+        wait_for(finished, timeout, f"all cells of {name} to execute", poll=1.0)
         try:
             wait_for(drawn, 30, f"widgets and plots of {name} to render")
         except TimeoutError:
-            pass  # problems() reports what is missing
+            pass  # problems() says what is missing
         run.progress = _json(driver, JS_PROGRESS, name) or run.progress
+    except TimeoutError as e:
+        run.timed_out = str(e)
+        try:
+            drawn()
+        except Exception:  # noqa: BLE001 - diagnostics only
+            pass
     finally:
         run.seconds = time.monotonic() - t0
         if screenshot is not None:
             try:
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                _json(driver, JS_FRAME, name, frame_selector, WIDGET_SELECTOR, PLOTLY_SELECTOR)
-                time.sleep(1.0)  # let plotly relayout after the panel widened
-                driver.save_screenshot(str(screenshot))
+                take_screenshot(driver, name, screenshot, frame_selector)
                 run.screenshot = screenshot
             except Exception:  # noqa: BLE001 - a screenshot must not hide the real failure
                 pass
         run.console = browser_errors(driver)
     return run
+
+
+def take_screenshot(driver, name: str, path: Path, frame_selector: str | None = None) -> Path:
+    """Viewport screenshot of the notebook, scrolled to ``frame_selector`` (else the first widget,
+    else the first plot). Layout first, then scroll, each with time to settle (plotly relayouts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _json(driver, JS_LAYOUT, name)
+    time.sleep(1.5)
+    for _ in range(2):  # the second pass corrects for plots that resized after the first scroll
+        _json(driver, JS_SCROLL, name, frame_selector, WIDGET_SELECTOR, PLOTLY_SELECTOR)
+        time.sleep(0.7)
+    driver.save_screenshot(str(path))
+    return path
 
 
 def compress_png(src: Path, dst: Path, colors: int = 192, width: int | None = None) -> Path:
@@ -383,3 +410,61 @@ def compress_png(src: Path, dst: Path, colors: int = 192, width: int | None = No
     img.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
         dst, optimize=True)
     return dst
+
+
+# ------------------------------------------------------------------------------------ docs
+# docs/screenshots/<file>: notebook-name prefix -> (file, CSS selector to put at the top or None
+# for the first widget). Regenerate with:  python tests/browser_support.py [--full]
+DOCS_SCREENSHOTS = {
+    "01_": ("01_equivalence.png", None),
+    "02_": ("02_saliency.png", None),
+    "03_": ("03_distillation.png", None),
+}
+
+
+def update_docs_screenshots(full: bool = False, timeout: float = 1800.0) -> list[Path]:
+    """Run the chosen notebooks in the browser (quick mode, or full size with ``full``) and write
+    compressed screenshots into docs/screenshots/. A notebook with problems writes nothing."""
+    import tempfile
+
+    written = []
+    with tempfile.TemporaryDirectory(prefix="jkt-docs-shots-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        shutil.copytree(REPO / "notebooks", root / "notebooks",
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        server = LabServer(root=root, work=work, env_extra={} if not full else {"JKT_LAB_QUICK": "0"})
+        server.start()
+        try:
+            for prefix, (fname, selector) in DOCS_SCREENSHOTS.items():
+                names = sorted(p.name for p in (root / "notebooks").glob(f"{prefix}*.ipynb"))
+                if not names:
+                    print(f"no notebook {prefix}*.ipynb")
+                    continue
+                driver = make_driver(work / f"profile-{prefix}")
+                try:
+                    shot = work / f"{fname}"
+                    run = run_notebook(driver, server, f"notebooks/{names[0]}", timeout=timeout,
+                                       screenshot=shot, frame_selector=selector)
+                finally:
+                    driver.quit()
+                    server.shutdown_kernels()
+                problems = run.problems()
+                print(f"{names[0]}: {run.seconds:.0f}s, problems: {problems or 'none'}")
+                if not problems and run.screenshot:
+                    out = compress_png(shot, REPO / "docs" / "screenshots" / fname)
+                    print(f"  -> {out} ({out.stat().st_size // 1024} KB)")
+                    written.append(out)
+        finally:
+            server.stop()
+    return written
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate docs/screenshots/*.png in headless Chromium.")
+    parser.add_argument("--full", action="store_true", help="full-size run (JKT_LAB_QUICK=0), not quick mode")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per notebook")
+    args = parser.parse_args()
+    update_docs_screenshots(full=args.full, timeout=args.timeout)

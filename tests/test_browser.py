@@ -4,8 +4,7 @@ Each ``notebooks/*.ipynb`` is run from a temporary copy in quick mode (``JKT_LAB
 JupyterLab's own "Run All Cells"; the test then asserts that ipywidgets controls and plotly
 graphs were drawn and that no cell produced an error. Screenshots go to
 ``$JKT_LAB_ARTIFACTS/screenshots/`` (default ``artifacts/screenshots/``, git-ignored) for CI to
-keep; with ``JKT_LAB_UPDATE_DOCS_SCREENSHOTS=1`` the chosen ones are also compressed into
-``docs/screenshots/``.
+keep (``python tests/browser_support.py [--full]`` regenerates ``docs/screenshots/``).
 
 Without chromium / chromedriver / selenium the tests skip, except under ``CI=true`` where they
 fail (CI installs them: Debian ``chromium chromium-driver``, pip ``selenium``).
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import REPO, LabServer, compress_png, find_browser, make_driver, run_notebook
+from browser_support import REPO, LabServer, find_browser, make_driver, run_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -30,15 +29,6 @@ NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 TIMEOUT = float(os.environ.get("JKT_LAB_BROWSER_TIMEOUT", "240"))  # seconds per notebook
 ARTIFACTS = Path(os.environ.get("JKT_LAB_ARTIFACTS") or REPO / "artifacts")
 SHOTS = ARTIFACTS / "screenshots"
-
-# Screenshots copied (compressed) into docs/ when JKT_LAB_UPDATE_DOCS_SCREENSHOTS=1:
-# notebook-name prefix -> (docs file name, CSS selector of the element to put at the top).
-DOCS_SCREENSHOTS = {
-    "01_": ("01_equivalence.png", None),
-    "02_": ("02_saliency.png", None),
-    "03_": ("03_distillation.png", None),
-}
-
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
@@ -72,6 +62,7 @@ def lab(tmp_path_factory):
     """JupyterLab on 127.0.0.1 serving a temporary copy of notebooks/ (the committed notebooks are
     never opened, so nothing can be saved into them); stopped, with its kernels, at the end."""
     _require_browser()
+    (ARTIFACTS / "browser_times.jsonl").unlink(missing_ok=True)
     work = tmp_path_factory.mktemp("lab")
     root = work / "root"
     root.mkdir()
@@ -161,13 +152,10 @@ def test_harness_reports_an_error(lab, driver):
 # ------------------------------------------------------------------------------------ notebooks
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_notebook_renders_in_browser(lab, driver, notebook):
+    """Run all cells in JupyterLab; widgets and plotly graphs are drawn, no cell fails."""
     stem = Path(notebook).stem
-    docs = next((v for k, v in DOCS_SCREENSHOTS.items() if stem.startswith(k)), None)
-    run = run_notebook(driver, lab, f"notebooks/{notebook}", timeout=TIMEOUT,
-                       screenshot=SHOTS / f"{stem}.png", frame_selector=docs[1] if docs else None)
+    run = run_notebook(driver, lab, f"notebooks/{notebook}", timeout=TIMEOUT, screenshot=SHOTS / f"{stem}.png")
     _log_time(run)
     print(_report(run))
     problems = run.problems()
     assert not problems, "\n".join(problems) + "\n\n" + _report(run)
-    if docs and os.environ.get("JKT_LAB_UPDATE_DOCS_SCREENSHOTS") == "1" and run.screenshot:
-        compress_png(run.screenshot, REPO / "docs" / "screenshots" / docs[0])
