@@ -1,0 +1,152 @@
+"""The notebooks: valid, committed without outputs, built from library calls only, and run
+end to end by nbval in quick mode (a subprocess, so nbval stays out of the library tests).
+
+Also ``jkt_lab.nbtools``, the helpers the notebooks share.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from jkt_lab import nbtools
+from jkt_lab.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+EXPECTED = ["01_noise_jacobian_equivalence", "02_saliency_jacobians", "03_distillation", "04_robustness",
+            "05_transfer_learning"]
+
+
+def code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_the_five_notebooks_exist():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_valid_nbformat4(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4 and nb.metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_have_no_outputs(path):
+    """Committed notebooks carry no outputs: strip them with `python -m jkt_lab.nbtools notebooks/*.ipynb`."""
+    for cell in code_cells(path):
+        assert cell.outputs == [] and cell.execution_count is None, \
+            f"{path.name} has outputs: run python -m jkt_lab.nbtools {path.relative_to(ROOT)}"
+    assert "widgets" not in nbformat.read(path, as_version=4).metadata
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_structure(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and "Learning goals" in nb.cells[0].source
+    code = "\n".join(c.source for c in code_cells(path))
+    assert "quick_mode()" in code                              # the same cells, sized by JKT_LAB_QUICK
+    assert code.count('check("') >= 2                          # exercises with the library's checker
+    assert "widgets." in code and "_panel(" in code            # one ipywidgets panel
+    assert "assert " in code                                   # facts that must hold, checked by nbval
+    for cell in code_cells(path):                              # no logic that lives only in the notebook
+        for line in cell.source.splitlines():
+            assert not line.lstrip().startswith(("def ", "class ", "import os")), f"{path.name}: {line}"
+            assert "lambda" not in line, f"{path.name}: {line}"
+        assert len(cell.source.splitlines()) <= 15, f"{path.name}: keep code cells short"
+    assert "$" in "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")   # LaTeX reasoning
+
+
+def test_strip_outputs_and_check(tmp_path, capsys):
+    path = tmp_path / "n.ipynb"
+    shutil.copy(NOTEBOOKS[0], path)
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    first.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello")]
+    first.execution_count = 3
+    nb.metadata["widgets"] = {"state": {}}
+    nbformat.write(nb, path)
+    assert nbtools.notebook_outputs(path) == [[c.cell_type for c in nb.cells].index("code")]
+    assert nbtools.main(["--check", str(path)]) == 1
+    assert nbtools.main([str(path)]) == 0
+    assert "stripped" in capsys.readouterr().out
+    assert nbtools.notebook_outputs(path) == [] and nbtools.main(["--check", str(path)]) == 0
+    assert "widgets" not in json.loads(path.read_text())["metadata"]
+    assert nbtools.strip_outputs(path) is False                # idempotent: nothing left to change
+    assert path.read_text() == NOTEBOOKS[0].read_text()       # exactly the committed form
+
+
+def test_strip_outputs_command_line(tmp_path):
+    path = tmp_path / "n.ipynb"
+    shutil.copy(NOTEBOOKS[0], path)
+    run = subprocess.run([sys.executable, "-m", "jkt_lab.nbtools", "--check", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_course_configs(monkeypatch):
+    monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    full = nbtools.course_config()
+    assert isinstance(full, Config) and full.dataset == "shapes" and full.steps == 300 and full.per_class == 10
+    quick = nbtools.course_config(quick=True)
+    assert quick.steps < full.steps and quick.n_train < full.n_train and quick.method == full.method
+    monkeypatch.setenv("JKT_LAB_QUICK", "1")
+    assert nbtools.course_config() == quick
+    assert nbtools.course_config(method="ce").method == "ce"
+    t = nbtools.transfer_config()
+    assert t.teacher_classes == (0, 1, 2, 3, 4) and t.classes == (5, 6, 7, 8, 9)
+    assert nbtools.course_store().name == "course_results_quick.jsonl"
+
+
+def test_transfer_labels():
+    for label, changes in nbtools.TRANSFER_RUNS.items():
+        config = nbtools.transfer_config(quick=True, **changes)
+        assert nbtools.transfer_label({"config": config.to_dict()}) == label
+    assert nbtools.transfer_label({"method": "kd", "init": "scratch"}) == "kd (scratch)"
+
+
+def test_committed_results(tmp_path):
+    assert nbtools.committed_results(tmp_path / "absent") == []
+    assert nbtools.committed_results(tmp_path) == []
+    (tmp_path / "a.jsonl").write_text(json.dumps({"config": {"method": "kd"}, "metrics": {"test_acc": 0.5}}) + "\n")
+    assert [r["config"]["method"] for r in nbtools.committed_results(tmp_path)] == ["kd"]
+
+
+def test_online_transfer_explains_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("JKT_LAB_DATA", str(tmp_path))
+    monkeypatch.setenv("JKT_LAB_CACHE", str(tmp_path / "cache"))
+    assert nbtools.run_online_transfer(tmp_path / "store.jsonl") is None
+    out = capsys.readouterr().out
+    assert "not run here" in out and "indoor67" in out.lower()
+    assert not (tmp_path / "store.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def quick_dirs(tmp_path_factory):
+    """One runs/cache folder for the five notebooks, so later notebooks reuse earlier runs (as a user's do)."""
+    return tmp_path_factory.mktemp("nbval")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_under_nbval_in_quick_mode(path, quick_dirs):
+    """Every cell of the notebook in quick mode: `pytest --nbval-lax` in a subprocess.
+
+    Budget on 2 CPU cores: each notebook under 2 minutes, the five under 8 minutes."""
+    env = {**os.environ, "JKT_LAB_QUICK": "1", "JKT_LAB_RUNS": str(quick_dirs / "runs"),
+           "JKT_LAB_CACHE": str(quick_dirs / "cache"), "PYTHONWARNINGS": "ignore"}
+    env.pop("JKT_LAB_DATA", None)
+    cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=600",
+           "--nbval-sanitize-with", str(ROOT / "notebooks" / "nbval_sanitize.cfg"), "-p", "no:cacheprovider",
+           "-q", str(path)]
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    elapsed = time.perf_counter() - t0
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    print(f"{path.name}: {elapsed:.0f} s in quick mode")

@@ -1,0 +1,198 @@
+"""The notebooks' panels, headless: build, set values, press Run, check the figure and the store.
+
+Also the figure functions the notebooks added to ``jkt_lab.viz``. Quick mode, temporary runs
+and cache folders: the first test trains a tiny teacher (seconds), the others reuse it.
+"""
+import ipywidgets
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from jkt_lab import nbtools, viz, widgets
+from jkt_lab.results import ResultStore
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quick_env(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JKT_LAB_QUICK", "1")
+        mp.setenv("JKT_LAB_RUNS", str(tmp_path_factory.mktemp("runs")))
+        mp.setenv("JKT_LAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return tmp_path_factory.mktemp("store") / "results.jsonl"
+
+
+SMALL = dict(n_train=300, n_test=100, teacher_width=8, student_width=4)   # quick mode, and smaller still
+
+
+@pytest.fixture(scope="module")
+def base():
+    return nbtools.course_config(**SMALL)
+
+
+@pytest.fixture(scope="module")
+def trained(store, base):
+    models, records = nbtools.trained_models(base, methods=("ce", "kd+jacobian"), store=store)
+    from jkt_lab.experiments import load_data
+    return models, records, load_data(base)
+
+
+def names(fig):
+    return [t.get("name") for t in fig.to_dict()["data"]]
+
+
+def test_equivalence_panel_tanh_and_relu():
+    panel = widgets.equivalence_panel(n_samples=64)
+    assert isinstance(panel, ipywidgets.VBox)
+    assert set(panel.controls) == {"sigma", "activation", "n_samples", "loss"}
+    panel.run_button.click()
+    assert panel.error is None
+    assert isinstance(panel.figure, go.Figure)
+    traces = names(panel.figure)
+    assert any(n.startswith("|MC - noise-free|") for n in traces) and any("Proposition 1" in n for n in traces)
+    assert abs(panel.sweep["slope_noise_free"] - 2) < 0.3 and abs(panel.sweep["slope_prediction"] - 4) < 0.6
+    assert "slope" in panel.status.value
+    panel.controls["activation"].value = "relu"
+    panel.controls["sigma"].value = (0.0001, 0.0005)
+    panel.controls["loss"].value = "squared"
+    panel.run_button.click()
+    assert panel.error is None
+    assert panel.sweep["rows"][0]["curvature_term"] == pytest.approx(0.0, abs=1e-12)
+    assert "linear region" in panel.status.value
+    assert [r["sigma"] for r in panel.sweep["rows"]][0] == pytest.approx(0.0001)
+
+
+def test_equivalence_panel_reports_errors():
+    panel = widgets.equivalence_panel()
+    panel.controls["sigma"].value = (0.01, 0.01)
+    panel.run_button.click()
+    assert isinstance(panel.error, ValueError)
+    assert "sigma range" in panel.status.value
+    assert not panel.run_button.disabled
+
+
+def test_distillation_panel_defaults(store):
+    panel = widgets.distillation_panel(store=store)
+    assert panel.config() == nbtools.course_config()            # the notebooks' setting, quick-sized
+    assert panel.controls["steps"].value == nbtools.course_config().steps
+
+
+def test_distillation_panel_runs_and_stores(store, base):
+    panel = widgets.distillation_panel(store=store, base=base)
+    assert {"dataset", "method", "jacobian_weight", "sigma", "per_class", "steps", "device"} <= set(panel.controls)
+    panel.controls["method"].value = "kd+jacobian"
+    panel.controls["per_class"].value = 5
+    panel.controls["steps"].value = 10
+    panel.controls["device"].value = "cpu"
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    records = ResultStore(store).records()
+    mine = [r for r in records if r["config"]["method"] == "kd+jacobian" and r["config"]["per_class"] == 5]
+    assert len(mine) == 1 and mine[0]["config"]["steps"] == 10
+    assert {"ce", "kd", "jacobian", "train_acc"} <= set(names(panel.figure))
+    assert panel.history and panel.history[-1]["step"] == 10          # the live callback saw the rows
+    assert panel.progress.value == panel.progress.max == 10
+    assert "kd+jacobian" in panel.table.value and "<table>" in panel.table.value
+    assert "test accuracy" in panel.status.value
+    panel.run_button.click()                                           # the same config again: taken from the store
+    assert panel.error is None and len(ResultStore(store).records()) == len(records)
+
+
+def test_distillation_panel_other_dataset_drops_shape_sizes(store, base):
+    panel = widgets.distillation_panel(store=store, base=base)
+    panel.controls["dataset"].value = "digits"
+    config = panel.config()
+    assert config.dataset == "digits" and config.n_train is None and config.n_test is None
+
+
+def test_distillation_panel_without_committed_results(store, base, monkeypatch, tmp_path):
+    monkeypatch.setattr(nbtools, "_REPO_ROOT", tmp_path)
+    panel = widgets.distillation_panel(store=store, base=base)
+    assert "no committed results" in panel.committed.value
+
+
+def test_saliency_panel(trained):
+    models, _, data = trained
+    panel = widgets.saliency_panel(models, data)
+    assert panel.error is None
+    assert names(panel.figure)[0] == "input" and len(names(panel.figure)) == 1 + len(models)
+    panel.controls["model"].value = "teacher"
+    assert panel.error is None and len(names(panel.figure)) == 2
+    panel.controls["output"].value = "class"
+    panel.controls["class"].value = 2
+    assert panel.error is None and data.classes[2] in panel.figure.layout.title.text
+    for output in ("label", "random", "all"):
+        panel.controls["output"].value = output
+        assert panel.error is None
+    panel.controls["image"].value = 5
+    assert "image 5" in panel.figure.layout.title.text
+    assert "on the object" in panel.status.value
+
+
+def test_robustness_panel(trained):
+    models, _, data = trained
+    panel = widgets.robustness_panel(models, data, n_sigmas=3, sigma_max=0.2)
+    panel.controls["models"].value = ("teacher", "kd+jacobian")
+    panel.run_button.click()
+    assert panel.error is None
+    assert names(panel.figure) == ["teacher", "kd+jacobian"]
+    assert panel.figure.to_dict()["data"][0]["x"] == pytest.approx((0.0, 0.1, 0.2))
+    assert all(0 <= a <= 100 for a in panel.figure.to_dict()["data"][1]["y"])
+    panel.controls["models"].value = ()
+    panel.run_button.click()
+    assert isinstance(panel.error, ValueError)
+
+
+def test_transfer_panel(store):
+    panel = widgets.transfer_panel(store=store, base=nbtools.transfer_config(**SMALL))
+    assert set(panel.controls["method"].options) == set(nbtools.TRANSFER_RUNS)
+    panel.controls["method"].value = "at"
+    panel.controls["steps"].value = 10
+    panel.controls["device"].value = "cpu"
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    rec = [r for r in ResultStore(store).records() if r["config"]["method"] == "at"]
+    assert len(rec) == 1 and rec[0]["config"]["classes"] == [5, 6, 7, 8, 9]
+    bars = panel.figure.to_dict()["data"][0]
+    assert bars["type"] == "bar" and "at" in list(bars["x"])
+    assert "at" in names(panel.curve)
+
+
+# --------------------------------------------------------------------------- viz additions
+
+
+def test_maps_figure_and_attention_figure():
+    img = torch.rand(3, 8, 8)
+    fig = viz.maps_figure(img, {"a": {"x": torch.rand(8, 8), "y": torch.rand(4, 4)}, "b": {"z": torch.zeros(8, 8)}})
+    assert names(fig) == ["input", "a: x", "a: y", "b: z"]
+    assert float(fig.data[1].z.max()) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        viz.maps_figure(img, {})
+    from jkt_lab.models import build_model
+    fig = viz.attention_figure(build_model("tiny", 5, width=4, seed=0).eval(), torch.rand(3, 16, 16))
+    assert len(names(fig)) == 1 + 2 * 3
+
+
+def test_robustness_and_bars_and_terms_figures():
+    fig = viz.robustness_figure({"kd": [{"sigma": 0.1, "acc": 0.5}, {"sigma": 0.0, "acc": 0.75}]})
+    assert fig.to_dict()["data"][0]["x"] == pytest.approx((0.0, 0.1))
+    assert fig.to_dict()["data"][0]["y"] == pytest.approx((75.0, 50.0))
+    recs = [{"config": {"method": "at", "init": "scratch"}, "metrics": {"test_acc": a}} for a in (0.2, 0.4)]
+    recs.append({"config": {"method": "ce", "init": "finetune"}, "metrics": {"test_acc": 0.5}})
+    bars = viz.accuracy_bars(recs, nbtools.transfer_label).to_dict()["data"][0]
+    assert list(bars["x"]) == ["at", "ce (fine-tune)"]
+    assert bars["y"] == pytest.approx((30.0, 50.0))
+    from jkt_lab.theory import sigma_sweep
+    sweep = sigma_sweep(*nbtools.toy_pair("tanh", n_examples=4), [0.01, 0.1], n_samples=32)
+    fig = viz.equivalence_terms_figure(sweep)
+    assert len(names(fig)) == 3 and fig.layout.xaxis.type == "log"
+
+
+def test_html_table():
+    assert "no results" in widgets.html_table([])
+    out = widgets.html_table([{"a": 1.23456, "b": "<x>"}])
+    assert "1.235" in out and "&lt;x&gt;" in out
