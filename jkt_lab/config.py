@@ -32,6 +32,7 @@ class Config:
     teacher_width: int | None = None
     teacher_epochs: int = 30
     teacher_seed: int = 0                 # one teacher shared by all student seeds
+    teacher_pretrained: bool = False      # ImageNet weights (torchvision resnets; downloads once)
     n_train: int | None = None            # training images to use (class-balanced subset; shapes: generated)
     n_test: int | None = None             # test images to use (None: all)
     classes: tuple[int, ...] | None = None          # train on these classes only (transfer target)
@@ -121,7 +122,7 @@ class Config:
         return Config(dataset=self.dataset, per_class=None, method="ce", student=self.teacher,
                       student_width=self.teacher_width, teacher=self.teacher, teacher_width=self.teacher_width,
                       classes=self.teacher_classes, n_train=self.n_train, n_test=self.n_test, epochs=self.teacher_epochs,
-                      teacher_epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr,
+                      teacher_epochs=self.teacher_epochs, teacher_pretrained=self.teacher_pretrained, batch_size=self.batch_size, lr=self.lr,
                       momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
                       augment=self.augment, amp=self.amp, seed=self.teacher_seed, teacher_seed=self.teacher_seed)
 

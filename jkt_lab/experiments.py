@@ -65,8 +65,18 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
     key = config_hash(tconf.to_dict())
     folder = (root or runs_dir()) / "teachers"
     weights, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    if tconf.teacher_pretrained and tconf.teacher_epochs == 0:
+        # The paper's transfer source: an ImageNet network used as it is (1000 outputs).
+        teacher = build_model(tconf.student, 1000, pretrained=True, seed=tconf.seed).eval()
+        info = {"key": key, "config": tconf.to_dict(), "metrics": {"test_acc": None}, "history": [],
+                "wall_time_s": 0.0, "device": "pretrained"}
+        return teacher.to(resolve_device(device)), info
     data = load_data(tconf, classes=tconf.classes)
-    teacher = _model(tconf.student, tconf.student_width, data.num_classes, data, tconf.seed)
+    if tconf.teacher_pretrained:
+        teacher = build_model(tconf.student, data.num_classes, in_channels=data.input_shape[0],
+                              width=tconf.student_width, pretrained=True, seed=tconf.seed)
+    else:
+        teacher = _model(tconf.student, tconf.student_width, data.num_classes, data, tconf.seed)
     if weights.exists() and meta.exists():
         teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         info = json.loads(meta.read_text())
@@ -138,7 +148,7 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     if teacher is not None and teacher.num_classes == data.num_classes:
         probe = dev_data.x_test[:256]
         metrics["saliency_cosine"] = saliency_cosine(student, teacher, probe)
-    if tinfo is not None:
+    if tinfo is not None and tinfo["metrics"].get("test_acc") is not None:
         metrics["teacher_test_acc"] = tinfo["metrics"]["test_acc"]
     record = make_record(config.to_dict(), metrics, history=result.history, wall_time_s=time.perf_counter() - t0,
                          device=result.device, extra={"teacher_key": tinfo["key"] if tinfo else None,

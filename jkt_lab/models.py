@@ -310,7 +310,9 @@ class TorchvisionResNet(TapModel):
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.avgpool = net.avgpool
-        self.head = nn.Linear(net.fc.in_features, num_classes)
+        # ImageNet weights with 1000 outputs keep ImageNet's classifier (the old task, for LwF)
+        self.head = net.fc if pretrained and num_classes == net.fc.out_features else \
+            nn.Linear(net.fc.in_features, num_classes)
 
     def _body(self, z):
         h = self.maxpool(self.relu(self.bn1(self.conv1(z))))

@@ -237,3 +237,16 @@ def test_cli_demo_quick_sweep_and_report(tmp_path, capsys):
     assert len(ResultStore(store)) == 2
     assert cli.main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
     assert "| method |" in (tmp_path / "rep" / "REPORT.md").read_text()
+
+
+def test_committed_specs_parse():
+    from pathlib import Path
+    specs = sorted((Path(__file__).resolve().parents[1] / "results" / "specs").glob("*.yaml"))
+    assert specs
+    for spec in specs:
+        assert load_spec(spec), spec
+
+
+def test_pretrained_teacher_config_is_the_papers_transfer_source():
+    config = Config(dataset="indoor67", teacher="resnet34", teacher_pretrained=True, teacher_epochs=0)
+    assert config.teacher_config().teacher_pretrained
