@@ -186,10 +186,15 @@ def trained_student(config: Config, *, store: ResultStore | str | Path | None = 
 
 
 def quick_config(config: Config) -> Config:
-    """The same run at toy size (quick mode): few images, one teacher epoch, a few steps."""
-    return config.replace(n_train=min(config.n_train or 600, 600), n_test=min(config.n_test or 300, 300),
+    """The same run at toy size (quick mode): few images, narrow models, one teacher epoch, a
+    few steps. Architectures stay the same (widths shrink where a model has a width)."""
+    def narrow(name, width, toy):
+        return width if name.startswith(("resnet", "wrn")) else toy
+    return config.replace(n_train=min(config.n_train or 600, 600), n_test=min(config.n_test or 200, 200),
                           teacher_epochs=min(config.teacher_epochs, 1), epochs=min(config.epochs, 1),
                           steps=min(config.steps or 10, 10),
+                          teacher_width=narrow(config.teacher, config.teacher_width, 8),
+                          student_width=narrow(config.student, config.student_width, 4),
                           per_class=None if config.per_class is None else min(config.per_class, 20))
 
 
