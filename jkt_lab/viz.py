@@ -38,9 +38,14 @@ def equivalence_figure(sweep: Mapping) -> go.Figure:
     for key, name, color in series:
         gaps = [max(abs(r["monte_carlo"] - r[key]), 1e-300) for r in rows]
         fig.add_trace(go.Scatter(x=sigmas, y=gaps, mode="lines+markers", name=name, line={"color": color}))
+    return _loglog(fig, "absolute gap", f"Noise vs. Jacobian: {rows[0]['loss']} loss")
+
+
+def _loglog(fig: go.Figure, ytitle: str, title: str) -> go.Figure:
+    """Log-log axes against sigma, legend in the lower right (where the curves are not)."""
     fig.update_xaxes(type="log", title="sigma (input noise std)")
-    fig.update_yaxes(type="log", title="absolute gap")
-    fig.update_layout(title=f"Noise vs. Jacobian: {rows[0]['loss']} loss", template="plotly_white",
+    fig.update_yaxes(type="log", title=ytitle)
+    fig.update_layout(title=title, template="plotly_white",
                       legend={"x": 0.99, "y": 0.01, "xanchor": "right", "yanchor": "bottom",
                               "bgcolor": "rgba(255,255,255,0.8)"})
     return fig
@@ -158,12 +163,7 @@ def equivalence_terms_figure(sweep: Mapping) -> go.Figure:
     fig.add_trace(go.Scatter(x=sigmas, y=[max(abs(r["prediction"] - r["noise_free"]), 1e-300) for r in rows],
                              mode="lines", line={"color": "#d62728"},
                              name="second order: sigma^2 |Jacobian + curvature|"))
-    fig.update_xaxes(type="log", title="sigma (input noise std)")
-    fig.update_yaxes(type="log", title="increase of the expected loss")
-    fig.update_layout(title=f"The sigma^2 term: {rows[0]['loss']} loss", template="plotly_white",
-                      legend={"x": 0.99, "y": 0.01, "xanchor": "right", "yanchor": "bottom",
-                              "bgcolor": "rgba(255,255,255,0.8)"})
-    return fig
+    return _loglog(fig, "increase of the expected loss", f"The sigma^2 term: {rows[0]['loss']} loss")
 
 
 def _to_rgb(img):
