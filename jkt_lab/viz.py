@@ -102,9 +102,11 @@ def history_figure(history: Sequence[Mapping], *, title: str = "Training") -> go
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss terms", "accuracy"))
     steps = [h["step"] for h in history]
     keys = list(dict.fromkeys(k for h in history for k in h))
-    for k in keys:
-        if k.startswith("loss/"):
-            fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=k[5:], mode="lines"), 1, 1)
+    terms = [k for k in keys if k.startswith("loss/")]
+    if len(terms) == 2 and "loss/loss" in terms:  # one term: the total is the same curve
+        terms.remove("loss/loss")
+    for k in terms:
+        fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=k[5:], mode="lines"), 1, 1)
     for k in ("train_acc", "val_acc"):
         if k in keys:
             fig.add_trace(go.Scatter(x=steps, y=[None if h.get(k) is None else 100 * h[k] for h in history],

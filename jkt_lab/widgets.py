@@ -204,7 +204,7 @@ class SaliencyPanel(Panel):
             with torch.no_grad():
                 pred = int(model(x.to(device)).argmax(1))
             m = saliency(model, x.to(device), output, labels=y.to(device), seed=i).cpu()
-            maps[f"{name} (says {self.data.classes[pred]})"] = m[0]
+            maps[f"{name}<br>(says {self.data.classes[pred]})"] = m[0]
             if self.data.mask_test is not None:
                 ov = mask_overlap(m, self.data.mask_test[i:i + 1])
                 lines.append(f"{name}: {100 * ov['overlap']:.0f}% of its top pixels on the object "
