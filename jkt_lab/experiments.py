@@ -84,9 +84,7 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
         folder.mkdir(parents=True, exist_ok=True)
         result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
                      checkpoint=folder / f"{key}.ckpt", callback=callback)
-        tmp = weights.with_suffix(".pt.tmp")
-        torch.save({k: v.cpu() for k, v in teacher.state_dict().items()}, tmp)
-        os.replace(tmp, weights)
+        _save_weights(teacher, weights)
         info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
                 "wall_time_s": result.wall_time_s, "device": result.device}
         meta.write_text(json.dumps(info))

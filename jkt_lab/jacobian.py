@@ -25,7 +25,7 @@ from torch import nn
 
 from ._checks import check_batch, check_choice, check_index, check_int, check_labels
 
-__all__ = ["OUTPUT_CHOICES", "projections", "output_jacobian", "jacobian", "input_jacobian"]
+__all__ = ["OUTPUT_CHOICES", "projections", "output_jacobian", "matched_jacobians", "jacobian", "input_jacobian"]
 
 OUTPUT_CHOICES = ("top1", "label", "random", "all")
 Output = Literal["top1", "label", "random", "all"] | torch.Tensor
@@ -111,6 +111,32 @@ def output_jacobian(
         rows.append(g)
     jac = torch.stack(rows, dim=1)
     return jac if create_graph else jac.detach()
+
+
+def matched_jacobians(
+    student: nn.Module,
+    teacher: nn.Module,
+    x: torch.Tensor,
+    output: Output = "top1",
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Student and teacher Jacobians of the same outputs, chosen by the teacher (Section 3).
+
+    Returns ``(student_jac, teacher_jac, student_logits, teacher_logits)``. The teacher's
+    Jacobian is computed without a graph (a constant target); ``create_graph=True`` makes the
+    student's differentiable, for training. The teacher's logits are detached.
+    """
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        t_logits = teacher(xg)
+        v = projections(t_logits.detach(), output, labels=labels, generator=generator)
+        j_t = output_jacobian(t_logits, xg, v)
+        s_logits = student(xg)
+        j_s = output_jacobian(s_logits, xg, v, create_graph=create_graph)
+    return j_s, j_t, (s_logits if create_graph else s_logits.detach()), t_logits.detach()
 
 
 def jacobian(

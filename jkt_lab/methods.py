@@ -28,7 +28,7 @@ from torch import nn
 
 from . import losses
 from .config import Config
-from .jacobian import output_jacobian, projections
+from .jacobian import matched_jacobians
 
 __all__ = ["METHODS", "Method", "register", "get_method", "make_method"]
 
@@ -102,56 +102,55 @@ class CrossEntropy(Method):
         return logits, {"ce": F.cross_entropy(logits, y)}
 
 
-@register("kd")
-class KD(Method):
-    def terms(self, x, y, step):
-        logits = self.student(x)
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        c = self.config
-        return logits, {**self._ce(logits, y), "kd": c.kd_weight * losses.kd_loss(logits, t_logits, c.temperature)}
-
-
-@register("activations")
-class Activations(Method):
-    def terms(self, x, y, step):
-        logits = self.student(x)
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        return logits, {**self._ce(logits, y),
-                        "activations": self.config.activation_weight * losses.activation_loss(logits, t_logits)}
-
-
-class _JacobianMatching(Method):
-    """Shared by kd+jacobian and activations+jacobian: the output-Jacobian term of Section 3."""
-
-    def distill(self, logits, t_logits) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def terms(self, x, y, step):
-        c = self.config
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            t_logits = self.teacher(xg)
-            v = projections(t_logits.detach(), c.jacobian_output, labels=y, generator=self._generator(step))
-            j_t = output_jacobian(t_logits, xg, v)                    # no graph: a constant target
-            logits = self.student(xg)
-            j_s = output_jacobian(logits, xg, v, create_graph=True)   # differentiable in the student
-        t_logits = t_logits.detach()
-        return logits, {**self._ce(logits, y), **self.distill(logits, t_logits),
-                        "jacobian": c.jacobian_weight * losses.jacobian_loss(j_s, j_t, c.jacobian_kind)}
-
-
-@register("kd+jacobian")
-class KDJacobian(_JacobianMatching):
+class _KDTerm:
     def distill(self, logits, t_logits):
         return {"kd": self.config.kd_weight * losses.kd_loss(logits, t_logits, self.config.temperature)}
 
 
-@register("activations+jacobian")
-class ActivationsJacobian(_JacobianMatching):
+class _ActivationTerm:
     def distill(self, logits, t_logits):
         return {"activations": self.config.activation_weight * losses.activation_loss(logits, t_logits)}
+
+
+class _LogitMatching(Method):
+    """Shared by kd and activations: ce plus a term on teacher and student logits (``distill``)."""
+
+    def terms(self, x, y, step):
+        logits = self.student(x)
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        return logits, {**self._ce(logits, y), **self.distill(logits, t_logits)}
+
+
+class _JacobianMatching(Method):
+    """Shared by kd+jacobian and activations+jacobian: adds the output-Jacobian term of Section 3."""
+
+    def terms(self, x, y, step):
+        c = self.config
+        j_s, j_t, logits, t_logits = matched_jacobians(self.student, self.teacher, x, c.jacobian_output, labels=y,
+                                                       generator=self._generator(step), create_graph=True)
+        return logits, {**self._ce(logits, y), **self.distill(logits, t_logits),
+                        "jacobian": c.jacobian_weight * losses.jacobian_loss(j_s, j_t, c.jacobian_kind)}
+
+
+@register("kd")
+class KD(_KDTerm, _LogitMatching):
+    pass
+
+
+@register("activations")
+class Activations(_ActivationTerm, _LogitMatching):
+    pass
+
+
+@register("kd+jacobian")
+class KDJacobian(_KDTerm, _JacobianMatching):
+    pass
+
+
+@register("activations+jacobian")
+class ActivationsJacobian(_ActivationTerm, _JacobianMatching):
+    pass
 
 
 @register("noise")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_batch
-from .jacobian import jacobian, projections, output_jacobian
+from .jacobian import jacobian, matched_jacobians
 
 __all__ = ["saliency", "saliency_cosine", "mask_overlap", "top1_jacobians"]
 
@@ -25,12 +25,8 @@ def top1_jacobians(student: nn.Module, teacher: nn.Module, x: torch.Tensor, outp
     modes = (student.training, teacher.training)
     student.eval(), teacher.eval()
     try:
-        xg = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            t_logits = teacher(xg)
-            v = projections(t_logits.detach(), output, labels=labels, generator=torch.Generator().manual_seed(seed))
-            j_t = output_jacobian(t_logits, xg, v)
-            j_s = output_jacobian(student(xg), xg, v)
+        j_s, j_t, _, _ = matched_jacobians(student, teacher, x, output, labels=labels,
+                                           generator=torch.Generator().manual_seed(seed))
     finally:
         student.train(modes[0]), teacher.train(modes[1])
     return j_s, j_t
