@@ -11,6 +11,8 @@ from jkt_lab.jacobian import matched_jacobians
 from jkt_lab.models import MODELS, build_model
 from jkt_lab.theory import make_mlp
 
+from held_reference import held_reference
+
 
 def smooth_cnn(seed=0, k=7):
     torch.manual_seed(seed)
@@ -144,40 +146,7 @@ def test_bad_input(call, match):
 
 
 # --------------------------------------------------------------------------- train-mode BatchNorm
-# The training Jacobian's row i is example i's own derivative with the batch statistics held
-# constant (jkt_lab.jacobian.jacobian_forward). The reference below is built independently: a copy
-# of the network in eval mode whose running statistics are set to the batch's statistics (recorded
-# by hooks in a train-mode forward pass), differentiated one example at a time with torch.func.
-
-def batch_statistics(model, x):
-    """{BatchNorm module name: (mean, biased variance) of its input} in a train-mode pass on x."""
-    stats, hooks = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            def hook(mod, args, name=name):
-                a = args[0]
-                dims = [0, *range(2, a.dim())]
-                stats[name] = (a.mean(dims), a.var(dims, unbiased=False))
-            hooks.append(module.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        model.train()(x)
-    for h in hooks:
-        h.remove()
-    return stats
-
-
-def held_reference(model, x):
-    """(batch, k, *in): example i's Jacobian of every output, batch statistics as constants."""
-    ref = copy.deepcopy(model)
-    stats = batch_statistics(ref, x)
-    for name, module in ref.named_modules():
-        if name in stats:
-            module.running_mean.copy_(stats[name][0])
-            module.running_var.copy_(stats[name][1])
-    ref.eval()
-    one = lambda xi: ref(xi.unsqueeze(0)).squeeze(0)                 # noqa: E731
-    return torch.stack([torch.func.jacrev(one)(x[i]) for i in range(x.shape[0])]).detach()
-
+# Reference: tests/held_reference.py (an eval-mode copy with the batch's statistics, torch.func).
 
 STUDENTS = [("tiny", dict(width=4), 12), ("vgg4", dict(width=4), 12), ("vgg9", dict(width=2), 16),
             ("wrn", dict(width=1, depth=10), 12), ("resnet18", {}, 16)]
