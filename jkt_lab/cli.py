@@ -18,6 +18,7 @@ EPILOG = """examples:
   jkt-lab sweep results/specs/quick.yaml --store results.jsonl
   jkt-lab report results.jsonl --out report/
   jkt-lab reproduce --dataset cifar10   # the paper's experiments on a GPU (--quick: toy size on CPU)
+  jkt-lab robustness --dataset shapes   # robustness to noisy inputs: students, teachers, the mechanism
 environment: JKT_LAB_DATA (datasets), JKT_LAB_CACHE (decoded caches), JKT_LAB_RUNS (teachers,
 checkpoints), JKT_LAB_QUICK=1 (tiny sizes, same code path)."""
 
@@ -205,6 +206,34 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_robustness(args) -> int:
+    import os
+    from . import robustness as rb
+    from .report import write_report
+    from .results import ResultStore, config_hash
+    s = rb.setup(args.dataset)
+    parts = s.parts if args.parts is None else tuple(args.parts.split(","))
+    store = ResultStore(args.store)
+    if args.estimate:
+        configs = rb.selection_configs(s, args.quick) + rb.grid_configs(s, None, args.quick)
+        if "equivalence" in parts:
+            configs += rb.equivalence_configs(s, quick=args.quick)
+        configs = list({config_hash(c.to_dict()): c for c in configs}.values())  # selection runs are grid runs too
+        print(f"measuring step costs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})", flush=True)
+        est = rb.estimate_cost(configs, store=store, device=args.device)
+        print(f"{est['runs']} runs to go: {est['wall_s'] / 60:.0f} min of wall time here at the current load; "
+              f"{est['cpu_s'] / 60:.0f} min of CPU time (at most that long on a quiet machine with these cores)")
+        return 0
+    print(f"robustness experiment on {args.dataset}" + (" (quick, toy size)" if args.quick else "")
+          + f": parts {', '.join(parts)} -> {args.store}", flush=True)
+    times = rb.robustness_experiment(store, s, parts=parts, quick=args.quick, device=args.device,
+                                     progress=not args.no_progress)
+    paths = write_report(store.path, args.report, timings=times, plotlyjs=args.plotlyjs,
+                         title=f"Robustness to noisy inputs on {args.dataset}" + (" (quick, toy size)" if args.quick else ""))
+    print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jkt-lab", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -256,6 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
     p.set_defaults(func=cmd_reproduce)
 
+    p = sub.add_parser("robustness", help="robustness to noisy inputs, examined: teachers x students x sigma, the "
+                                          "Jacobian-norm mechanism, Proposition 1 in training; resumable")
+    _common(p)
+    p.add_argument("--dataset", default="shapes", choices=["shapes", "cifar10"],
+                   help="shapes (embedded; teachers trained here, small) or cifar10 (CPU scale, shipped teachers)")
+    p.add_argument("--parts", default=None, help="comma-separated subset of teachers,grid,equivalence "
+                                                 "(default: all on shapes, teachers,grid on cifar10)")
+    p.add_argument("--store", default=None, help="JSON-lines results file (default results/robustness-DATASET/results.jsonl)")
+    p.add_argument("--report", default=None, help="folder for REPORT.md and report.html (default: the store's folder)")
+    p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
+    p.add_argument("--estimate", action="store_true", help="measure step costs and print how long the runs still "
+                                                         "to do would take here, then stop")
+    p.set_defaults(func=cmd_robustness)
+
     p = sub.add_parser("report", help="tables (REPORT.md) and plotly figures (report.html) from a results file")
     p.add_argument("results", help="JSON-lines results file")
     p.add_argument("--out", default="report", help="output folder")
@@ -276,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "quick"):
         from .config import quick_mode
         args.quick = args.quick or quick_mode()
+    if args.command == "robustness":
+        args.store = args.store or f"results/robustness-{args.dataset}/results.jsonl"
+        args.report = args.report or str(Path(args.store).parent)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -24,13 +24,14 @@ from .methods import get_method
 from .models import MultiHead, build_model, replace_head
 from .pretrained import pretrained_teacher, shipped_for
 from .results import ResultStore, config_hash, make_record
-from .saliency import saliency_cosine
+from .saliency import jacobian_norm, saliency_cosine
 from .train import Result, evaluate, fit, resolve_device, robustness
 
 __all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
-           "load_spec", "quick_config", "NOISE_SIGMAS"]
+           "load_spec", "quick_config", "measure", "NOISE_SIGMAS", "PROBE"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
+PROBE = 256  # test images on which a run measures input Jacobians (saliency cosine, Jacobian norms)
 
 
 def runs_dir() -> Path:
@@ -122,12 +123,15 @@ def build_student(config: Config, data: data_mod.Data, teacher: nn.Module | None
 
 def run(config: Config, *, store: ResultStore | str | Path | None = None, device="auto", progress: bool = True,
         callback: Callable[[dict], None] | None = None, noise_sigmas: Iterable[float] = NOISE_SIGMAS,
-        skip_done: bool = True) -> dict:
+        val_noise_sigmas: Iterable[float] = (), skip_done: bool = True) -> dict:
     """Run one config end to end and return its record (also appended to ``store``, if given).
 
     The record's metrics hold test/val/train accuracy, accuracy under Gaussian input noise at
-    each of ``noise_sigmas`` (``noise_acc``), the teacher-student saliency cosine, and the
-    teacher's own test accuracy.
+    each of ``noise_sigmas`` (``noise_acc``; on the validation split at ``val_noise_sigmas``:
+    ``val_noise_acc``), the mean norm of the student's top-1 input Jacobian on the first
+    :data:`PROBE` test images (``jacobian_norm``, :func:`~jkt_lab.saliency.jacobian_norm`), and
+    with a teacher of the same outputs the teacher-student saliency cosine, the teacher's
+    Jacobian norm on the same images (``teacher_jacobian_norm``) and its test accuracy.
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a jkt_lab.Config, got {type(config).__name__}")
@@ -149,14 +153,8 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     key = config_hash(config.to_dict())
     result: Result = fit(student, config.method, data, teacher=teacher if method.needs_teacher else None,
                          config=config, device=device, progress=progress, callback=callback)
-    metrics = dict(result.metrics)
-    dev_data = data.to(result.device)
-    metrics["noise_acc"] = {f"{r['sigma']:g}": r["acc"] for r in robustness(student, dev_data, list(noise_sigmas))}
-    if teacher is not None and teacher.num_classes == data.num_classes:
-        probe = dev_data.x_test[:256]
-        metrics["saliency_cosine"] = saliency_cosine(student, teacher, probe)
-    if teacher is not None and teacher.num_classes == data.num_classes:  # the teacher on the student's test images
-        metrics["teacher_test_acc"] = evaluate(teacher, dev_data.x_test, dev_data.y_test)["acc"]
+    metrics = {**result.metrics, **measure(student, data.to(result.device), teacher, noise_sigmas=noise_sigmas,
+                                           val_noise_sigmas=val_noise_sigmas)}
     record = make_record(config.to_dict(), metrics, history=result.history, wall_time_s=time.perf_counter() - t0,
                          device=result.device, extra={"teacher_key": tinfo["key"] if tinfo else None,
                                                       "train_wall_time_s": result.wall_time_s})
@@ -165,6 +163,26 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     _save_weights(student, runs_dir() / "students" / f"{key}.pt")
     (runs_dir() / "students" / f"{key}.json").write_text(json.dumps(record))
     return record
+
+
+def measure(model: nn.Module, data: data_mod.Data, teacher: nn.Module | None = None, *,
+            noise_sigmas: Iterable[float] = NOISE_SIGMAS, val_noise_sigmas: Iterable[float] = ()) -> dict:
+    """What :func:`run` records about a trained model beyond its accuracies (see there):
+    ``noise_acc``, ``val_noise_acc`` (when ``val_noise_sigmas``), ``jacobian_norm``, and with a
+    ``teacher`` of the same outputs ``saliency_cosine``, ``teacher_jacobian_norm`` and
+    ``teacher_test_acc``; all on ``data``'s device."""
+    metrics = {"noise_acc": {f"{r['sigma']:g}": r["acc"] for r in robustness(model, data, list(noise_sigmas))}}
+    val_noise_sigmas = list(val_noise_sigmas)
+    if val_noise_sigmas and data.x_val.shape[0]:
+        metrics["val_noise_acc"] = {f"{r['sigma']:g}": r["acc"]
+                                    for r in robustness(model, data, val_noise_sigmas, split="val")}
+    probe = data.x_test[:PROBE]
+    metrics["jacobian_norm"] = jacobian_norm(model, probe)
+    if teacher is not None and teacher.num_classes == data.num_classes:  # the teacher on the student's test images
+        metrics["saliency_cosine"] = saliency_cosine(model, teacher, probe)
+        metrics["teacher_jacobian_norm"] = jacobian_norm(teacher, probe)
+        metrics["teacher_test_acc"] = evaluate(teacher, data.x_test, data.y_test)["acc"]
+    return metrics
 
 
 def _save_weights(model: nn.Module, path: Path) -> None:

@@ -16,6 +16,9 @@ activations         ce + squared error of logits (activation matching)          
 kd+jacobian         ce + kd + jacobian_weight * Jacobian matching                   Sec. 3.2
 activations+jacobian ce + activations + jacobian_weight * Jacobian matching          Prop. 1
 noise               ce + distillation on noisy copies x + sigma z                   Sec. 3
+kd+jacobian_norm    ce + kd + jacobian_weight * ||J_S||^2 of the chosen output      ref. [1]
+                    (double backpropagation, Drucker & LeCun 1992; no teacher
+                    Jacobian)
 at                  ce + attention transfer (Zagoruyko & Komodakis)                 Sec. 4.3
 at+jacobian         ce + at + jacobian_weight * attention-map Jacobian matching     Sec. 4.3
 lwf                 ce on the new head + distillation of the old head (Li & Hoiem)  Sec. 4.3
@@ -32,7 +35,7 @@ from torch import nn
 
 from . import losses
 from .config import Config
-from .jacobian import jacobian_forward, matched_jacobians
+from .jacobian import jacobian_forward, matched_jacobians, output_jacobian, projections
 
 __all__ = ["METHODS", "Method", "register", "get_method", "make_method"]
 
@@ -173,6 +176,32 @@ class Noise(Method):
                                                generator=self._generator(step))
         weight = c.kd_weight if c.noise_loss == "kd" else c.activation_weight
         return logits, {**self._ce(logits, y), "noise": weight * noisy}
+
+
+@register("kd+jacobian_norm")
+class KDJacobianNorm(_KDTerm, Method):
+    """kd plus a penalty on the size of the student's own input Jacobian: double
+    backpropagation (Drucker & LeCun 1992, the paper's reference [1]).
+
+    The term is ``jacobian_weight * mean_i ||dS_o/dx_i||^2`` for the output ``o`` chosen by
+    ``jacobian_output`` (``"top1"``: the teacher's top-1 class, the output ``kd+jacobian``
+    matches), written as the squared Jacobian loss against a flat (all-zero) teacher Jacobian:
+    Jacobian matching without the teacher's Jacobian. ``jacobian_kind`` does not apply (a
+    normalised norm is always 1). Each example's own Jacobian, also in train mode
+    (:func:`~jkt_lab.jacobian.jacobian_forward`).
+    """
+
+    def terms(self, x, y, step):
+        c = self.config
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        with torch.enable_grad():
+            logits, out, xg = jacobian_forward(self.student, x)
+            v = projections(out.detach(), c.jacobian_output, labels=y, reference=t_logits,
+                            generator=self._generator(step))
+            j_s = output_jacobian(out, xg, v, create_graph=True)
+        penalty = losses.jacobian_loss(j_s, torch.zeros_like(j_s), "squared")
+        return logits, {**self._ce(logits, y), **self.distill(logits, t_logits), "jacobian": c.jacobian_weight * penalty}
 
 
 def _tap_pairs(student, teacher):

@@ -9,7 +9,7 @@ from pathlib import Path
 from .results import ResultStore, lookup, table, to_markdown
 from .viz import accuracy_figure, noise_figure
 
-__all__ = ["variant", "accuracy_table", "noise_table", "claims", "write_report"]
+__all__ = ["variant", "accuracy_table", "noise_table", "claims", "robustness_section", "write_report"]
 
 
 def _fmt(mean, std, n):
@@ -115,6 +115,107 @@ def claims(records: Iterable[Mapping]) -> list[str]:
     return out
 
 
+def _spearman(xs, ys) -> float | None:
+    """Spearman rank correlation (ties share their mean rank); None with fewer than 3 points."""
+    if len(xs) < 3:
+        return None
+
+    def ranks(v):
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in order[i:j + 1]:
+                r[k] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var else None
+
+
+def robustness_section(records: Iterable[Mapping]) -> tuple[list[str], list]:
+    """Markdown lines and figures of the robustness experiment (``jkt_lab.robustness``): the
+    teachers' and students' accuracy under noise, the hyper-parameters chosen on the validation
+    split, the mechanism (Jacobian norm, cosine to the teacher) with its figure, and the
+    noise/Jacobian equivalence tested in training. Empty when ``records`` hold none of it."""
+    from . import robustness as rb
+    from .viz import mechanism_figure
+
+    records = [r for r in records if lookup(r, "config.extra.experiment") == rb.EXPERIMENT]
+    if not records:
+        return [], []
+    quick = any(lookup(r, "config.extra.quick") for r in records)
+    datasets = sorted({d for r in records if (d := lookup(r, "config.dataset")) in rb.SETUPS})
+    md, figs = [], []
+    sigma = f"{rb.SELECT_SIGMA:g}"
+    for dataset in datasets:
+        s = rb.setup(dataset)
+        mine = [r for r in records if lookup(r, "config.dataset") == dataset]
+        grid = rb._grid_records(mine, s, quick)
+        title = f"Robustness to noisy inputs on {dataset}" + (" (quick, toy size)" if quick else "")
+        md += [f"## {title}", "",
+               "Teachers: standard and trained with Gaussian input noise (sigma "
+               f"{s.teacher_sigma:g}); students: {', '.join(rb.VARIANTS)}; per_class {' and '.join(map(str, s.per_class))}; "
+               f"seeds {', '.join(map(str, s.seeds))}. Accuracy on test images under Gaussian noise of std sigma "
+               "(pixel units, [0, 1] scale); mean ± std over seeds.", "",
+               "### Test accuracy (%) under input noise", "", to_markdown(rb.robustness_table(mine, s, quick)), ""]
+        sel = rb.selection_table(mine, s, quick)
+        if sel:
+            md += [f"### Hyper-parameters chosen on the validation split (accuracy at sigma {sigma}, per teacher, "
+                   f"per_class {s.select_per_class}, seed 0)", "", to_markdown(sel, floatfmt=".1f"), ""]
+        mech = rb.mechanism_table(mine, s, quick)
+        md += ["### Mechanism: input-Jacobian norm and cosine to the teacher (test images)", "",
+               "jacobian norm: mean over test images of ||d top-1 logit / dx|| (the model's own top-1 output, "
+               "pixel units); cosine: teacher-student cosine of the Jacobians of the teacher's top-1 output.", "",
+               to_markdown(mech, floatfmt=".3g"), ""]
+        students = [r for r in grid if lookup(r, "config.extra.part") == "grid"]
+        lines = []
+        for per_class in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
+            pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(sigma))
+                   for r in students if lookup(r, "config.per_class") == per_class]
+            pts = [(n, a) for n, a in pts if n and a is not None]
+            rho = _spearman([p[0] for p in pts], [p[1] for p in pts])
+            if rho is not None:
+                lines.append(f"- per_class {per_class}: Spearman rank correlation between a student's Jacobian norm "
+                             f"and its accuracy at sigma {sigma}: {rho:+.2f} over {len(pts)} students.")
+        best: dict = {}
+        for row in mech:
+            if row["student"] != "teacher" and row[f"acc at sigma={sigma}"]:
+                acc = float(row[f"acc at sigma={sigma}"].split(" ")[0])
+                slot = (row["teacher"], row["per_class"])
+                if slot not in best or acc > best[slot][0]:
+                    best[slot] = (acc, row["student"])
+        lines += [f"- most robust student at sigma {sigma} with the {t} teacher, per_class {pc}: {v[1]} ({v[0]:.1f}%)."
+                  for (t, pc), v in best.items()]
+        if lines:
+            md += lines + [""]
+        figs.append(mechanism_figure(grid, sigma=rb.SELECT_SIGMA,
+                                     title=f"{title}: accuracy at sigma {sigma} against the Jacobian norm"))
+        eq = rb.equivalence_table(mine)
+        if eq:
+            md += ["### Proposition 1 in training: noise distillation vs. activations + sigma^2 x Jacobian", "",
+                   "Students trained with the squared loss on noisy inputs (noise) against students trained with "
+                   "activation matching plus sigma^2 times the squared distance of all-output Jacobians "
+                   "(activations+jacobian), same teacher, data and activation weight. cross / floor: mean over "
+                   "pairs of one student of each method and different seeds / the larger mean over pairs of two "
+                   "seeds of one method; relative distances on test images (logits; Jacobians of all outputs), "
+                   "absolute accuracy differences in points. A quantity agrees when cross <= floor.", "",
+                   to_markdown(eq), ""]
+            agree = [r["sigma"] for r in eq if r["agree within the floor"].count(",") == len(rb.QUANTITIES) - 1]
+            differ = [r["sigma"] for r in eq if r["sigma"] not in agree]
+            md += ["The two trainings agree within the seed-to-seed floor on all four quantities at sigma "
+                   + (", ".join(f"{a:g}" for a in agree) or "(none)") + "; not at "
+                   + (", ".join(f"{a:g}" for a in differ) or "(none)") + ".", ""]
+    return md, figs
+
+
 def _section(title: str, records: list, plotlyjs) -> tuple[list[str], list]:
     md = [f"## {title}: test accuracy (%) by images per class", "", "Mean ± std over seeds.", "",
           to_markdown(accuracy_table(records)), ""]
@@ -153,10 +254,13 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
         raise ValueError("no results to report: the results file is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    n_records = len(records)
+    robust_md, robust_figs = robustness_section(records)  # the robustness experiment has its own section
+    records = [r for r in records if lookup(r, "config.extra.experiment") != "robustness"]
     parts = {}
     for r in records:
         parts.setdefault(lookup(r, "config.extra.part") or "runs", []).append(r)
-    md = [f"# {title}", "", f"{len(records)} runs. Generated by `jkt-lab report`.", ""]
+    md = [f"# {title}", "", f"{n_records} runs. Generated by `jkt-lab report`.", ""]
     teacher_acc = sorted({round(100 * v, 2) for r in records if (v := lookup(r, "metrics.teacher_test_acc"))})
     if teacher_acc:
         md += [f"Teacher test accuracy: {', '.join(f'{a:.2f}%' for a in teacher_acc)}.", ""]
@@ -177,6 +281,8 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
         figs += sec_figs
     if any(lookup(r, "config.extra.part") for r in records):
         md += claims(records)
+    md += robust_md
+    figs += robust_figs
     md_path = out / "REPORT.md"
     md_path.write_text("\n".join(md))
     body = [f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(chr(10).join(md[2:]))}</pre>"]

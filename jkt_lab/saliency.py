@@ -15,7 +15,7 @@ from ._checks import check_batch, check_int, check_positive
 from .jacobian import jacobian, matched_jacobians
 from .models import build_model
 
-__all__ = ["saliency", "saliency_cosine", "mask_overlap", "centre_prior", "overlap_baselines", "top1_jacobians"]
+__all__ = ["saliency", "saliency_cosine", "jacobian_norm", "mask_overlap", "centre_prior", "overlap_baselines", "top1_jacobians"]
 
 
 def top1_jacobians(student: nn.Module, teacher: nn.Module, x: torch.Tensor, output="top1", *,
@@ -35,19 +35,37 @@ def top1_jacobians(student: nn.Module, teacher: nn.Module, x: torch.Tensor, outp
     return j_s, j_t
 
 
-def saliency(model: nn.Module, x: torch.Tensor, output="top1", *, labels=None, reference=None,
-             seed: int = 0) -> torch.Tensor:
-    """Saliency maps ``(batch, H, W)``: max over channels of ``|dy/dx|`` for the chosen output
-    (``"all"``: the root-sum-square over rows; ``"random"`` with ``m`` rows, each scaled by
-    ``1/sqrt(m)``: their root-mean-square)."""
-    check_batch(x, "x", min_dim=4)
+def _eval_jacobian(model: nn.Module, x: torch.Tensor, output, labels, reference, seed) -> torch.Tensor:
+    """The chosen output's input Jacobian in eval mode (the model's mode is restored)."""
     was = model.training
     model.eval()
     try:
         jac, _ = jacobian(model, x, output, labels=labels, reference=reference, seed=seed)
     finally:
         model.train(was)
+    return jac
+
+
+def saliency(model: nn.Module, x: torch.Tensor, output="top1", *, labels=None, reference=None,
+             seed: int = 0) -> torch.Tensor:
+    """Saliency maps ``(batch, H, W)``: max over channels of ``|dy/dx|`` for the chosen output
+    (``"all"``: the root-sum-square over rows; ``"random"`` with ``m`` rows, each scaled by
+    ``1/sqrt(m)``: their root-mean-square)."""
+    check_batch(x, "x", min_dim=4)
+    jac = _eval_jacobian(model, x, output, labels, reference, seed)
     return jac.pow(2).sum(dim=1).sqrt().amax(dim=1)
+
+
+def jacobian_norm(model: nn.Module, x: torch.Tensor, output="top1", *, labels=None, reference=None,
+                  seed: int = 0) -> float:
+    """Mean over examples of ``||dy/dx||`` (l2 over the input, Frobenius over the rows for
+    ``"all"``), eval mode, in pixel units: how strongly the chosen output (default: the model's
+    own top-1 logit) moves per unit of input perturbation. To first order, noise ``sigma z``
+    moves that output by ``sigma ||dy/dx||`` in standard deviation (Section 3), so this is the
+    sensitivity that robustness to Gaussian input noise trades against the margin."""
+    check_batch(x, "x")
+    jac = _eval_jacobian(model, x, output, labels, reference, seed)
+    return float(jac.flatten(1).norm(dim=1).mean())
 
 
 def saliency_cosine(student: nn.Module, teacher: nn.Module, x: torch.Tensor, output="top1", *,

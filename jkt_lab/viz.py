@@ -12,7 +12,7 @@ from .results import lookup, table
 
 __all__ = ["equivalence_figure", "accuracy_figure", "noise_figure", "history_figure", "saliency_grid",
            "METHOD_COLORS", "equivalence_terms_figure", "maps_figure", "robustness_figure", "accuracy_bars",
-           "attention_figure"]
+           "attention_figure", "mechanism_figure", "ROBUSTNESS_COLORS"]
 
 METHOD_COLORS = {
     "ce": "#7f7f7f", "kd": "#1f77b4", "activations": "#17becf", "kd+jacobian": "#d62728",
@@ -265,3 +265,48 @@ def attention_figure(model, image, *, p: float = 2.0, title: str = "Attention ma
     att = {t: attention_map(feats[t].detach(), p, normalize=False)[0].reshape(feats[t].shape[-2:]) for t in taps}
     sal = {t: jac[0, i].abs().amax(dim=0) for i, t in enumerate(taps)}
     return maps_figure(image, {"attention map": att, "Jacobian of its max": sal}, title=title)
+
+
+ROBUSTNESS_COLORS = {
+    "kd": "#1f77b4", "kd+jacobian (normalised)": "#d62728", "kd+jacobian (squared)": "#ff7f0e", "noise": "#2ca02c",
+    "kd+jacobian_norm": "#9467bd", "teacher": "#000000",
+}
+TEACHER_SYMBOLS = {"standard": "circle", "noise-trained": "diamond"}
+
+
+def mechanism_figure(records: Iterable[Mapping], *, sigma: float = 0.1,
+                     title: str = "Robust accuracy against the input-Jacobian norm") -> go.Figure:
+    """Accuracy under noise at ``sigma`` against the mean norm of the top-1 input Jacobian (log x),
+    one point per model (``metrics.noise_acc``, ``metrics.jacobian_norm``), coloured by
+    ``config.extra.variant`` ("teacher" for teachers' rows), shaped by ``config.extra.teacher``;
+    one panel per ``per_class`` (teachers appear in every panel)."""
+    records = [r for r in records if lookup(r, "metrics.jacobian_norm") and
+               (lookup(r, "metrics.noise_acc") or {}).get(f"{sigma:g}") is not None]
+    students = [r for r in records if lookup(r, "config.extra.variant") != "teacher"]
+    teachers = [r for r in records if lookup(r, "config.extra.variant") == "teacher"]
+    panels = sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: (v is None, v or 0)) or [None]
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
+                        subplot_titles=[f"per_class = {p}" if p is not None else "all" for p in panels])
+    seen = set()
+    for col, per_class in enumerate(panels, start=1):
+        here = [r for r in students if lookup(r, "config.per_class") == per_class] + teachers
+        groups: dict[tuple, list] = {}
+        for r in here:
+            groups.setdefault((str(lookup(r, "config.extra.variant")), str(lookup(r, "config.extra.teacher"))),
+                              []).append(r)
+        for (variant, teacher), rs in groups.items():
+            name = f"{variant}, {teacher} teacher" if variant != "teacher" else f"{teacher} teacher"
+            fig.add_trace(go.Scatter(
+                x=[lookup(r, "metrics.jacobian_norm") for r in rs],
+                y=[100 * lookup(r, "metrics.noise_acc")[f"{sigma:g}"] for r in rs],
+                mode="markers", name=name, legendgroup=name, showlegend=name not in seen,
+                marker={"color": ROBUSTNESS_COLORS.get(variant, "#7f7f7f"), "size": 14 if variant == "teacher" else 9,
+                        "symbol": TEACHER_SYMBOLS.get(teacher, "square") + ("-open" if variant == "teacher" else ""),
+                        "line": {"width": 2 if variant == "teacher" else 0.5}},
+                hovertext=[f"{name}, seed {lookup(r, 'config.seed')}; clean "
+                           f"{100 * (lookup(r, 'metrics.test_acc') or 0):.1f}%" for r in rs]), 1, col)
+            seen.add(name)
+        fig.update_xaxes(type="log", title="mean ||d top-1 logit / dx|| (test images, log)", row=1, col=col)
+    fig.update_yaxes(title=f"test accuracy at sigma = {sigma:g} (%)", row=1, col=1)
+    fig.update_layout(title=title, template="plotly_white")
+    return fig

@@ -1,0 +1,637 @@
+"""Robustness to noisy inputs, examined: which students resist Gaussian input noise, and why.
+
+The paper (Section 5) reports that Jacobian-matched students are more robust to Gaussian input
+noise. This module runs the experiment that asks why (``jkt-lab robustness``):
+
+* teachers (:data:`TEACHERS`): ``standard`` and ``noise-trained`` (Gaussian input noise while
+  the teacher trains, ``teacher_train_sigma``);
+* students (:data:`VARIANTS`): kd; kd + normalised Jacobian matching (Section 3.2, the paper's
+  loss); kd + squared Jacobian matching (Proposition 1); noise distillation (Section 3); kd + a
+  penalty on the student's own Jacobian norm (``kd+jacobian_norm``: double backpropagation,
+  reference [1]); each at a few-shot and a larger ``per_class``, over :data:`SEEDS`;
+* every model, teachers included, evaluated at each ``sigma`` of
+  :data:`~jkt_lab.experiments.NOISE_SIGMAS`, with the mechanism measured on the same test
+  images: the mean norm of the input Jacobian of its top-1 output (``jacobian_norm``) and the
+  teacher-student Jacobian cosine (``saliency_cosine``), both recorded by
+  :func:`~jkt_lab.experiments.run`.
+
+Hyper-parameters (``jacobian_weight``; ``sigma`` for noise distillation) are chosen for each
+teacher on the validation split, at the larger ``per_class`` and seed 0, by validation accuracy
+under noise at :data:`SELECT_SIGMA` (ties: clean validation accuracy). Why not clean accuracy:
+the grid asks how robust each objective can make a student; chosen for clean accuracy, a penalty
+would get its weakest weight and the grid would measure the tuning, not the mechanism. Clean
+accuracy is reported beside robust accuracy, so what robustness costs stays visible. Test
+images are never used to choose. The selection runs at the chosen value are the grid's seed-0
+runs (the same config: nothing runs twice).
+
+:func:`equivalence_in_training` tests Proposition 1 where it matters, in training: students
+distilled on noisy inputs (squared loss, ``sigma``) against students trained with activation
+matching plus ``sigma^2`` times the squared Jacobian distance, compared with the spread between
+two seeds of one method (the noise floor).
+
+Every run goes to one results store (resumable). The report section is
+:func:`jkt_lab.report.robustness_section`.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .experiments import (NOISE_SIGMAS, PROBE, build_student, get_teacher, load_data, measure, quick_config, run,
+                          trained_student)
+from .jacobian import input_jacobian
+from .models import build_model
+from .pretrained import shipped_for
+from .reproduce import SCALES
+from .results import ResultStore, config_hash, lookup
+from .train import evaluate, fit, resolve_device
+
+__all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS", "Setup", "SETUPS", "setup",
+           "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
+           "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
+           "equivalence_configs", "equivalence_in_training", "equivalence_table", "estimate_cost"]
+
+EXPERIMENT = "robustness"
+SEEDS = (0, 1, 2)
+SELECT_SIGMA = 0.1   # validation accuracy under noise at this sigma chooses the hyper-parameters
+PARTS = ("teachers", "grid", "equivalence")
+TEACHERS = ("standard", "noise-trained")
+VARIANTS = {  # label -> (method, config changes)
+    "kd": ("kd", {}),
+    "kd+jacobian (normalised)": ("kd+jacobian", {"jacobian_kind": "normalized", "jacobian_output": "top1"}),
+    "kd+jacobian (squared)": ("kd+jacobian", {"jacobian_kind": "squared", "jacobian_output": "top1"}),
+    "noise": ("noise", {"noise_loss": "kd", "n_samples": 1}),
+    "kd+jacobian_norm": ("kd+jacobian_norm", {"jacobian_output": "top1"}),
+}
+EQUIVALENCE = ("noise (squared)", "activations+jacobian (squared)")
+# Searched on the validation split. The normalised loss is at most 4 per example whatever the
+# Jacobians' size; the squared distance and the norm penalty grow with the squared norm (the
+# shapes teacher's top-1 Jacobian has norm about 8 in pixel units, a squared distance near 70
+# for a flat student), so their weights sit two decades lower.
+SELECTION = {"kd+jacobian (normalised)": {"jacobian_weight": [0.1, 1.0, 10.0]},
+             "kd+jacobian (squared)": {"jacobian_weight": [0.01, 0.1, 1.0]},
+             "noise": {"sigma": [0.05, 0.1, 0.2]},
+             "kd+jacobian_norm": {"jacobian_weight": [0.01, 0.1, 1.0]}}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The robustness experiment on one dataset.
+
+    ``base``: the Config fields every run shares (the teacher's included); ``per_class``: the
+    few-shot and the larger setting; ``teacher_sigma``: the noise-trained teacher's
+    ``teacher_train_sigma``; ``selection``: variant -> {field: values} searched on the validation
+    split; ``equivalence_sigmas``: the sigmas of :func:`equivalence_in_training`;
+    ``parts``: what ``jkt-lab robustness`` runs by default; ``shipped``: whether the teachers are
+    the package's shipped teachers (then never trained here, outside quick mode).
+    """
+
+    dataset: str
+    base: dict
+    per_class: tuple[int, int]
+    teacher_sigma: float
+    selection: dict
+    equivalence_sigmas: tuple[float, ...] = ()
+    parts: tuple[str, ...] = ("teachers", "grid")
+    shipped: bool = False
+    seeds: tuple[int, ...] = SEEDS
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def select_per_class(self) -> int:
+        return self.per_class[-1]
+
+
+SETUPS = {
+    # The shapes experiment of results/specs/shapes_few_shot.yaml; the teacher trains with batch 64
+    # (the course's recipe; the default 128 leaves the tiny teacher at about 64% after 8 epochs).
+    "shapes": Setup("shapes", dict(dataset="shapes", n_train=4000, n_test=1000, teacher="tiny", teacher_width=32,
+                                   teacher_epochs=8, teacher_batch_size=64, student="tiny", student_width=16,
+                                   steps=300, batch_size=64, lr=0.05, temperature=4.0),
+                    per_class=(20, 100), teacher_sigma=0.1,
+                    selection=SELECTION,
+                    equivalence_sigmas=(0.02, 0.05, 0.1, 0.2), parts=PARTS),
+    # CPU scale with the shipped CIFAR-10 teachers (cifar10, cifar10-noise: vgg9 width 32, 30 epochs).
+    "cifar10": Setup("cifar10", dict(SCALES["cpu"].base, dataset="cifar10"),
+                     per_class=(10, 100), teacher_sigma=0.1,
+                     selection=SELECTION,
+                     shipped=True),
+}
+
+
+def setup(dataset: str | Setup) -> Setup:
+    """The :class:`Setup` of ``dataset`` (one of :data:`SETUPS`), or ``dataset`` itself."""
+    if isinstance(dataset, Setup):
+        return dataset
+    if dataset not in SETUPS:
+        raise ValueError(f"dataset must be one of {', '.join(SETUPS)} for the robustness experiment, got {dataset!r}")
+    return SETUPS[dataset]
+
+
+def _tag(config: Config, part: str, **tags) -> Config:
+    return config.replace(extra={**config.extra, "experiment": EXPERIMENT, "part": part, **tags})
+
+
+def _quick(configs: Iterable[Config], quick: bool) -> list[Config]:
+    """Quick mode: each run at toy size (:func:`~jkt_lab.experiments.quick_config`), tagged
+    ``extra.quick`` so that a report finds which grid its records belong to."""
+    if not quick:
+        return list(configs)
+    unique: dict[str, Config] = {}  # toy sizes can merge settings (per_class is capped at 20)
+    for q in map(quick_config, configs):
+        q = q.replace(extra={**q.extra, "quick": True})
+        unique.setdefault(config_hash(q.to_dict()), q)
+    return list(unique.values())
+
+
+def _knob(c: Config) -> str:
+    """The hyper-parameter a variant's selection searches, as ``name=value`` (or "")."""
+    if c.method == "noise":
+        return f", sigma={c.sigma:g}"
+    return f", jacobian_weight={c.jacobian_weight:g}" if "jacobian" in c.method else ""
+
+
+def teacher_configs(s: str | Setup, quick: bool = False) -> dict[str, Config]:
+    """Teacher name -> the base config that uses that teacher (students are built on it)."""
+    s = setup(s)
+    base = Config(**s.base)
+    out = {"standard": base, "noise-trained": base.replace(teacher_train_sigma=s.teacher_sigma)}
+    return {name: (quick_config(c) if quick else c) for name, c in out.items()}
+
+
+def _student(base: Config, teacher: str, variant: str, per_class: int, seed: int, **changes) -> Config:
+    method, fixed = VARIANTS[variant]
+    return _tag(base, "grid", teacher=teacher, variant=variant).replace(method=method, per_class=per_class,
+                                                                        seed=seed, **fixed, **changes)
+
+
+def selection_configs(s: str | Setup, quick: bool = False) -> list[Config]:
+    """The validation runs: every value of each variant's grid, for each teacher, at the larger
+    ``per_class``, seed 0 (the run at the chosen value is also the grid's seed-0 run)."""
+    s = setup(s)
+    out = []
+    for teacher, base in teacher_configs(s).items():
+        for variant, grid in s.selection.items():
+            (key, values), = grid.items()
+            out += [_student(base, teacher, variant, s.select_per_class, 0, **{key: v}) for v in values]
+    return _quick(out, quick)
+
+
+def select(records: Iterable[Mapping], s: str | Setup, quick: bool = False) -> dict[tuple[str, str], dict]:
+    """(teacher, variant) -> ``{field: chosen value, "val_noise_acc": ..., "val_acc": ...}``, from
+    the selection runs among ``records``: highest validation accuracy under noise at
+    :data:`SELECT_SIGMA`, ties broken by clean validation accuracy. Missing runs are skipped."""
+    by_key = {r.get("key") or config_hash(r["config"]): r for r in records}
+    best: dict[tuple[str, str], tuple] = {}
+    for c in selection_configs(s, quick):
+        r = by_key.get(config_hash(c.to_dict()))
+        if r is None:
+            continue
+        robust = (lookup(r, "metrics.val_noise_acc") or {}).get(f"{SELECT_SIGMA:g}")
+        clean = lookup(r, "metrics.val_acc")
+        if robust is None or clean is None:
+            continue
+        (key, _), = setup(s).selection[c.extra["variant"]].items()
+        slot = (c.extra["teacher"], c.extra["variant"])
+        if slot not in best or (robust, clean) > best[slot][:2]:
+            best[slot] = (robust, clean, {key: getattr(c, key)})
+    return {slot: {**v[2], "val_noise_acc": v[0], "val_acc": v[1]} for slot, v in best.items()}
+
+
+def grid_configs(s: str | Setup, chosen: Mapping | None = None, quick: bool = False) -> list[Config]:
+    """Teacher x variant x ``per_class`` x seed, with the hyper-parameters in ``chosen`` (from
+    :func:`select`; variants without a choice keep the base values)."""
+    s, chosen = setup(s), chosen or {}
+    out = []
+    for teacher, base in teacher_configs(s).items():
+        for per_class in s.per_class:
+            for variant in VARIANTS:
+                picked = {k: v for k, v in chosen.get((teacher, variant), {}).items() if not k.startswith("val_")}
+                out += [_student(base, teacher, variant, per_class, seed, **picked) for seed in s.seeds]
+    return _quick(out, quick)
+
+
+def chosen_configs(records: Sequence[Mapping], s: str | Setup, quick: bool = False) -> list[Config]:
+    """The grid with the hyper-parameters the selection runs in ``records`` chose."""
+    return grid_configs(s, select(records, s, quick), quick)
+
+
+# --------------------------------------------------------------------------- teachers' own rows
+
+
+def teacher_rows(s: str | Setup, quick: bool = False) -> dict[str, Config]:
+    """Teacher name -> the config of its own row: the teacher's config, evaluated on the
+    students' test images (``n_test`` of the base), tagged ``part="teacher"``."""
+    out = {}
+    for name, base in teacher_configs(s, quick).items():
+        tconf = base.teacher_config().replace(n_test=base.n_test)
+        out[name] = _tag(tconf, "teacher", teacher=name, variant="teacher", **({"quick": True} if quick else {}))
+    return out
+
+
+def _check_shipped(s: Setup, quick: bool) -> None:
+    if not s.shipped or quick:
+        return
+    for name, base in teacher_configs(s).items():
+        if shipped_for(base.teacher_config()) is None:
+            raise ValueError(
+                f"the {name} teacher of the {s.dataset} robustness experiment is not shipped with the package yet "
+                "(jkt_lab/teachers/remake.sh trains it; hours on a CPU); run with --quick meanwhile")
+
+
+def run_teachers(store: ResultStore, s: str | Setup, *, quick: bool = False, device="auto",
+                 progress: bool = True) -> list[dict]:
+    """Each teacher's own row (accuracy at every sigma, Jacobian norm), appended once to ``store``."""
+    s = setup(s)
+    _check_shipped(s, quick)
+    records = []
+    bases = teacher_configs(s, quick)
+    for name, row in teacher_rows(s, quick).items():
+        if store.done(row.to_dict()):
+            records.append(store.get(row.to_dict()))
+            continue
+        t0 = time.perf_counter()
+        teacher, info = get_teacher(bases[name], device=device, progress=progress)
+        data = load_data(bases[name]).to(resolve_device(device))
+        metrics = measure(teacher, data)
+        metrics["test_acc"] = metrics["noise_acc"]["0"]
+        records.append(store.append({"config": row.to_dict(), "metrics": metrics,
+                                     "wall_time_s": time.perf_counter() - t0, "device": str(data.device),
+                                     "extra": {"teacher_key": info["key"], "shipped": info.get("shipped")}}))
+    return records
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+def robustness_experiment(store: str | Path | ResultStore, dataset: str | Setup = "shapes", *,
+                          parts: Iterable[str] | None = None, quick: bool = False, device="auto",
+                          progress: bool = True, log=print) -> dict[str, float]:
+    """Run the parts in order (finished runs are skipped) and return wall times by part (s).
+
+    ``teachers``: each teacher's own row; ``grid``: the selection runs, then the rest of the
+    grid with the chosen hyper-parameters; ``equivalence``: :func:`equivalence_in_training`.
+    """
+    s = setup(dataset)
+    parts = list(s.parts if parts is None else parts)
+    for p in parts:
+        if p not in PARTS:
+            raise ValueError(f"unknown part {p!r}; valid parts: {', '.join(PARTS)}")
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    _check_shipped(s, quick)
+    times: dict[str, float] = {}
+
+    def batch(name, configs):
+        todo = [c for c in configs if not store.done(c.to_dict())]
+        log(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already done")
+        for i, c in enumerate(todo):
+            log(f"  [{i + 1}/{len(todo)}] teacher {c.extra['teacher']}, {c.extra['variant']}{_knob(c)}, "
+                f"per_class={c.per_class}, seed={c.seed}")
+            run(c, store=store, device=device, progress=progress, val_noise_sigmas=(SELECT_SIGMA,))
+
+    if "teachers" in parts:
+        t0 = time.perf_counter()
+        for r in run_teachers(store, s, quick=quick, device=device, progress=progress):
+            log(f"teacher {r['config']['extra']['teacher']}: test accuracy {100 * r['metrics']['test_acc']:.1f}%, "
+                f"at sigma {SELECT_SIGMA:g}: {100 * r['metrics']['noise_acc'][f'{SELECT_SIGMA:g}']:.1f}%, "
+                f"Jacobian norm {r['metrics']['jacobian_norm']:.3g}")
+        times["teachers"] = time.perf_counter() - t0
+    if "grid" in parts:
+        t0 = time.perf_counter()
+        batch("selection (validation split)", selection_configs(s, quick))
+        chosen = select(store.records(), s, quick)
+        for (teacher, variant), v in chosen.items():
+            log(f"  chosen for {variant} with the {teacher} teacher: "
+                + ", ".join(f"{k}={v[k]:g}" for k in v if not k.startswith("val_"))
+                + f" (val accuracy at sigma {SELECT_SIGMA:g}: {100 * v['val_noise_acc']:.1f}%)")
+        batch("grid", grid_configs(s, chosen, quick))
+        times["grid"] = time.perf_counter() - t0
+    if "equivalence" in parts:
+        t0 = time.perf_counter()
+        equivalence_in_training(store, s, quick=quick, device=device, progress=progress, log=log)
+        times["equivalence"] = time.perf_counter() - t0
+    return times
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _of(records, part):
+    return [r for r in records if lookup(r, "config.extra.experiment") == EXPERIMENT
+            and lookup(r, "config.extra.part") == part]
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _pct(values) -> str:
+    mean, std = _mean_std(values)
+    if mean is None:
+        return ""
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _groups(records) -> dict[tuple, list[dict]]:
+    """(teacher, variant, per_class) -> records, teachers' rows first, then in grid order."""
+    out: dict[tuple, list[dict]] = {}
+    for r in _of(records, "teacher"):
+        out.setdefault((r["config"]["extra"]["teacher"], "teacher", None), []).append(r)
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    students = sorted(_of(records, "grid"), key=lambda r: (TEACHERS.index(r["config"]["extra"]["teacher"])
+                                                          if r["config"]["extra"]["teacher"] in TEACHERS else 9,
+                                                          r["config"]["per_class"] or 0,
+                                                          order.get(r["config"]["extra"]["variant"], 9)))
+    for r in students:
+        out.setdefault((r["config"]["extra"]["teacher"], r["config"]["extra"]["variant"], r["config"]["per_class"]),
+                       []).append(r)
+    return out
+
+
+def _grid_records(records: Sequence[Mapping], s: str | Setup | None, quick: bool) -> list[dict]:
+    """The grid's runs among ``records`` (selection runs at values not chosen are left out)."""
+    records = list(records)
+    if s is None:
+        return records
+    tried = {config_hash(c.to_dict()) for c in selection_configs(s, quick)}
+    keep = {config_hash(c.to_dict()) for c in chosen_configs(records, s, quick)}
+    return [r for r in records if r.get("key") not in tried or r.get("key") in keep]
+
+
+def robustness_table(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool = False) -> list[dict]:
+    """One row per teacher and per (teacher, variant, per_class): test accuracy (%, mean ± std
+    over seeds) at each noise sigma. With a setup ``s``, only the grid's chosen runs count."""
+    rows = []
+    for (teacher, variant, per_class), recs in _groups(_grid_records(records, s, quick)).items():
+        sigmas = sorted({k for r in recs for k in (lookup(r, "metrics.noise_acc") or {})}, key=float)
+        row = {"teacher": teacher, "student": variant, "per_class": "" if per_class is None else per_class,
+               "n": len(recs)}
+        for sg in sigmas:
+            row[f"sigma={sg}"] = _pct([(lookup(r, "metrics.noise_acc") or {}).get(sg) for r in recs])
+        rows.append(row)
+    return rows
+
+
+def mechanism_table(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool = False,
+                    sigma: float = SELECT_SIGMA) -> list[dict]:
+    """One row per teacher and per (teacher, variant, per_class): clean and robust (at ``sigma``)
+    test accuracy (%), the mean top-1 input-Jacobian norm (pixel units), its ratio to the
+    teacher's on the same images, and the teacher-student Jacobian cosine (means over seeds)."""
+    rows = []
+    key = f"{sigma:g}"
+    for (teacher, variant, per_class), recs in _groups(_grid_records(records, s, quick)).items():
+        norm, _ = _mean_std([lookup(r, "metrics.jacobian_norm") for r in recs])
+        t_norm, _ = _mean_std([lookup(r, "metrics.teacher_jacobian_norm") for r in recs])
+        cos, _ = _mean_std([lookup(r, "metrics.saliency_cosine") for r in recs])
+        rows.append({"teacher": teacher, "student": variant, "per_class": "" if per_class is None else per_class,
+                     "clean acc": _pct([lookup(r, "metrics.test_acc") for r in recs]),
+                     f"acc at sigma={key}": _pct([(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs]),
+                     "jacobian norm": norm,
+                     "norm / teacher's": None if norm is None or not t_norm else norm / t_norm,
+                     "cosine to teacher": cos, "n": len(recs)})
+    return rows
+
+
+def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool = False) -> list[dict]:
+    """Every selection run: teacher, variant, value tried, validation accuracy (clean and at
+    :data:`SELECT_SIGMA`, %), and whether it was chosen."""
+    s = setup(s)
+    by_key = {r["key"]: r for r in records if "key" in r}
+    chosen = select(records, s, quick)
+    rows = []
+    for c in selection_configs(s, quick):
+        r = by_key.get(config_hash(c.to_dict()))
+        if r is None:
+            continue
+        (key, _), = s.selection[c.extra["variant"]].items()
+        slot = (c.extra["teacher"], c.extra["variant"])
+        rows.append({"teacher": c.extra["teacher"], "student": c.extra["variant"], "field": key,
+                     "value": getattr(c, key), "val acc": 100 * lookup(r, "metrics.val_acc"),
+                     f"val acc at sigma={SELECT_SIGMA:g}":
+                         100 * (lookup(r, "metrics.val_noise_acc") or {}).get(f"{SELECT_SIGMA:g}", math.nan),
+                     "chosen": "yes" if chosen.get(slot, {}).get(key) == getattr(c, key) else ""})
+    return rows
+
+
+# --------------------------------------------------------------------------- the equivalence, in training
+
+
+def equivalence_configs(s: str | Setup, sigmas: Iterable[float] | None = None, *, activation_weight: float = 1.0,
+                        jacobian_output: str = "all", seeds: Iterable[int] | None = None,
+                        quick: bool = False) -> list[Config]:
+    """Pairs of objectives that Proposition 1 says agree to order sigma^2, for each sigma.
+
+    ``noise (squared)``: ``ce + a * E_z ||T(x + sigma z) - S(x + sigma z)||^2`` (method
+    ``noise``, ``noise_loss="squared"``, one noise sample a step); ``activations+jacobian
+    (squared)``: ``ce + a * ||T(x) - S(x)||^2 + a sigma^2 * sum_i ||dT_i/dx - dS_i/dx||^2``
+    (``jacobian_kind="squared"``, ``jacobian_output`` "all" or its unbiased one-output estimate
+    "random"). The package's :func:`~jkt_lab.losses.activation_loss` and
+    :func:`~jkt_lab.losses.jacobian_loss` both sum over outputs (no 1/2) and average over the
+    batch, and noise and Jacobian are both in pixel units, so the constant is exactly sigma^2:
+    ``activation_weight = a`` and ``jacobian_weight = a * sigma^2`` make the two objectives agree
+    term by term. The standard teacher, the larger ``per_class``; the configs carry ``sigma`` (the
+    noise method's; unused by the other) so the two are grouped by it.
+    """
+    s = setup(s)
+    sigmas = s.equivalence_sigmas if sigmas is None else tuple(sigmas)
+    seeds = s.seeds if seeds is None else tuple(seeds)
+    base = teacher_configs(s)["standard"].replace(per_class=s.select_per_class, activation_weight=activation_weight)
+    out = []
+    for sigma in sigmas:
+        sigma = float(sigma)
+        pair = {EQUIVALENCE[0]: dict(method="noise", noise_loss="squared", n_samples=1),
+                EQUIVALENCE[1]: dict(method="activations+jacobian", jacobian_kind="squared",
+                                     jacobian_output=jacobian_output, jacobian_weight=activation_weight * sigma ** 2)}
+        for variant, changes in pair.items():
+            for seed in seeds:
+                out.append(_tag(base, "equivalence", teacher="standard", variant=variant)
+                           .replace(sigma=sigma, seed=seed, **changes))
+    return _quick(out, quick)
+
+
+def _outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    return logits, input_jacobian(model, x)
+
+
+def _relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``sqrt(mean ||a - b||^2 / mean (||a||^2 + ||b||^2) / 2)`` over examples: 0 for equal
+    values, about 1.41 for unrelated ones of equal size."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()
+    scale = 0.5 * (a.pow(2).sum(1).mean() + b.pow(2).sum(1).mean())
+    return float(((a - b).pow(2).sum(1).mean() / scale.clamp_min(1e-300)).sqrt())
+
+
+def _pairs_record(configs: Sequence[Config], store: ResultStore, device, progress) -> dict:
+    """Pairwise distances between the students of one sigma, on the first PROBE test images."""
+    outputs, records = {}, {}
+    x = None
+    for c in configs:
+        model, record = trained_student(c, store=store, device=device, progress=progress)
+        if x is None:
+            x = load_data(c).x_test[:PROBE].to(next(model.parameters()).device)
+        outputs[record["key"]] = _outputs(model, x)
+        records[record["key"]] = (c, record)
+    pairs = []
+    for ka, kb in itertools.combinations(outputs, 2):
+        (ca, ra), (cb, rb) = records[ka], records[kb]
+        va, vb = ca.extra["variant"], cb.extra["variant"]
+        pairs.append({"a": ka, "b": kb, "kind": "cross" if va != vb else va, "same_seed": ca.seed == cb.seed,
+                      "logit_distance": _relative_distance(outputs[ka][0], outputs[kb][0]),
+                      "jacobian_distance": _relative_distance(outputs[ka][1], outputs[kb][1]),
+                      "test_acc_difference": abs(ra["metrics"]["test_acc"] - rb["metrics"]["test_acc"]),
+                      "robust_acc_difference": abs(ra["metrics"]["noise_acc"][f"{SELECT_SIGMA:g}"]
+                                                   - rb["metrics"]["noise_acc"][f"{SELECT_SIGMA:g}"])})
+    return {"pairs": pairs, "n_probe": int(x.shape[0])}
+
+
+def equivalence_in_training(store: str | Path | ResultStore, s: str | Setup = "shapes",
+                            sigmas: Iterable[float] | None = None, *, activation_weight: float = 1.0,
+                            jacobian_output: str = "all", quick: bool = False, device="auto", progress: bool = True,
+                            log=print) -> list[dict]:
+    """Train the students of :func:`equivalence_configs` (skipping those in ``store``), measure
+    every pair's distance on test images (logits and all-output input Jacobians, relative; test
+    accuracy and accuracy at :data:`SELECT_SIGMA`), store one record per sigma, and return
+    :func:`equivalence_table` of them.
+
+    Pairs of different methods and *different* seeds are compared with pairs of the same method
+    and different seeds (the noise floor): the trainings agree on a quantity when the mean
+    cross-method distance is at most the larger of the two methods' mean seed-to-seed distance.
+    """
+    store = store if isinstance(store, ResultStore) else ResultStore(store)
+    configs = equivalence_configs(s, sigmas, activation_weight=activation_weight, jacobian_output=jacobian_output,
+                                  quick=quick)
+    todo = [c for c in configs if not store.done(c.to_dict())]
+    log(f"equivalence in training: {len(configs)} runs, {len(configs) - len(todo)} already done")
+    for i, c in enumerate(todo):
+        log(f"  [{i + 1}/{len(todo)}] {c.extra['variant']}, sigma={c.sigma:g}, seed={c.seed}")
+        run(c, store=store, device=device, progress=progress)
+    by_sigma: dict[float, list[Config]] = {}
+    for c in configs:
+        by_sigma.setdefault(c.sigma, []).append(c)
+    for sigma, group in by_sigma.items():
+        conf = {"extra": {"experiment": EXPERIMENT, "part": "equivalence-pairs", **({"quick": True} if quick else {})},
+                "dataset": group[0].dataset, "sigma": sigma, "runs": sorted(config_hash(c.to_dict()) for c in group)}
+        if not store.done(conf):
+            store.append({"config": conf, "metrics": _pairs_record(group, store, device, progress)})
+    return equivalence_table(store.records())
+
+
+def _agreement(pairs: list[dict], quantity: str) -> tuple[float | None, float | None]:
+    cross = [p[quantity] for p in pairs if p["kind"] == "cross" and not p["same_seed"]]
+    floors = [statistics.fmean(v) for kind in EQUIVALENCE
+              if (v := [p[quantity] for p in pairs if p["kind"] == kind])]
+    if not cross or not floors:
+        return None, None
+    return statistics.fmean(cross), max(floors)
+
+
+QUANTITIES = {"logit_distance": "logits", "jacobian_distance": "Jacobians", "test_acc_difference": "test acc",
+              "robust_acc_difference": f"acc at sigma={SELECT_SIGMA:g}"}
+
+
+def equivalence_table(records: Sequence[Mapping]) -> list[dict]:
+    """One row per sigma from the stored equivalence records: each method's test accuracy and
+    accuracy at :data:`SELECT_SIGMA` (%, mean ± std over seeds); for each quantity the mean
+    cross-method distance (different seeds) / the noise floor (the larger mean seed-to-seed
+    distance of one method); and which quantities agree within the floor."""
+    by_key = {r["key"]: r for r in records if "key" in r}
+    rows = []
+    for rec in sorted(_of(records, "equivalence-pairs"), key=lambda r: r["config"]["sigma"]):
+        runs = [by_key[k] for k in rec["config"]["runs"] if k in by_key]
+        row = {"sigma": rec["config"]["sigma"]}
+        for variant in EQUIVALENCE:
+            mine = [r for r in runs if lookup(r, "config.extra.variant") == variant]
+            short = variant.split(" ")[0]
+            row[f"{short} test acc"] = _pct([lookup(r, "metrics.test_acc") for r in mine])
+            row[f"{short} acc at sigma={SELECT_SIGMA:g}"] = _pct(
+                [(lookup(r, "metrics.noise_acc") or {}).get(f"{SELECT_SIGMA:g}") for r in mine])
+        agree = []
+        for quantity, label in QUANTITIES.items():
+            cross, floor = _agreement(rec["metrics"]["pairs"], quantity)
+            scale = 100 if "acc" in quantity else 1
+            row[f"{label}: cross / floor"] = (f"{scale * cross:.3g} / {scale * floor:.3g}"
+                                              if cross is not None else "")
+            if cross is not None and cross <= floor:
+                agree.append(label)
+        row["agree within the floor"] = ", ".join(agree) if agree else "none"
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def _time(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) of ``fn()``."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def estimate_cost(configs: Sequence[Config], *, store: ResultStore | None = None, device="cpu",
+                  steps: tuple[int, int] = (3, 13), log=print) -> dict:
+    """Measured cost of running ``configs`` here (seconds), for planning a grid.
+
+    For each distinct step (method, Jacobian output, noise samples, models, batch size), ``fit``
+    runs ``steps[0]`` and ``steps[1]`` steps on the run's real data with untrained models (the
+    cost of a step does not depend on the weights); the difference over the extra steps is the
+    step's cost, free of fixed costs. Each run adds its measurements (:func:`measure` on the real
+    test and validation images, the final evaluations), timed once per model pair. Runs already
+    in ``store`` cost nothing.
+
+    Two clocks: wall time (what the grid takes here at the current load) and the process's CPU
+    time over all its threads. On a machine shared with other jobs the wall time grows with the
+    load; the CPU time hardly does, and on an otherwise idle machine the wall time is at most the
+    CPU time (threads only add parallelism), so ``cpu_s`` is an upper bound of the grid's wall
+    time on a quiet machine with the same cores. Returns ``{"wall_s", "cpu_s", "runs",
+    "by_step": {label: (wall, cpu) seconds per step}, "overhead": {models: (wall, cpu) per run}}``.
+    """
+    dev = resolve_device(device)
+    todo = [c for c in configs if store is None or not store.done(c.to_dict())]
+    step_cost: dict[tuple, tuple[float, float]] = {}
+    overhead: dict[tuple, tuple[float, float]] = {}
+    wall = cpu = 0.0
+    for c in todo:
+        models = (c.dataset, c.n_train, c.n_test, c.student, c.student_width, c.teacher, c.teacher_width)
+        kind = (*models, c.method, c.jacobian_output, c.n_samples, c.batch_size)
+        if kind not in step_cost or models not in overhead:
+            data = load_data(c, per_class=c.per_class)
+            teacher = build_model(c.teacher, data.num_classes, in_channels=data.input_shape[0], mean=data.mean,
+                                  std=data.std, width=c.teacher_width, seed=0).eval()
+            student = build_student(c, data, teacher)
+        if kind not in step_cost:
+            short, long_ = (_time(lambda n=n: fit(student, c.method, data, teacher=teacher, device=dev, progress=False,
+                                                 config=c.replace(steps=n, eval_every=10 ** 6)))
+                            for n in steps)
+            step_cost[kind] = tuple(max(b - a, 0.0) / (steps[1] - steps[0]) for a, b in zip(short, long_))
+            log(f"  {c.method} ({c.jacobian_output}, n_samples {c.n_samples}), {c.student}-{c.student_width} student, "
+                f"{c.teacher}-{c.teacher_width} teacher, batch {c.batch_size}: {1000 * step_cost[kind][0]:.0f} ms "
+                f"wall, {1000 * step_cost[kind][1]:.0f} ms CPU a step")
+        if models not in overhead:
+            def once(c=c, student=student, teacher=teacher):  # what a run does besides its steps
+                full = load_data(c, per_class=c.per_class).to(dev)
+                measure(student.to(dev), full, teacher.to(dev), val_noise_sigmas=(SELECT_SIGMA,))
+                for x, y in ((full.x_test, full.y_test), (full.x_val, full.y_val), (full.x_train, full.y_train)):
+                    evaluate(student, x, y)
+            overhead[models] = _time(once)
+        n_steps = c.steps or c.epochs * math.ceil(len(load_data(c, per_class=c.per_class).y_train) / c.batch_size)
+        wall += step_cost[kind][0] * n_steps + overhead[models][0]
+        cpu += step_cost[kind][1] * n_steps + overhead[models][1]
+    label = lambda k: f"{k[3]}-{k[4]} student, {k[5]}-{k[6]} teacher on {k[0]}"  # noqa: E731
+    return {"wall_s": wall, "cpu_s": cpu, "runs": len(todo),
+            "by_step": {f"{k[7]} ({k[8]}, n_samples {k[9]}, batch {k[10]}), {label(k)}": v for k, v in step_cost.items()},
+            "overhead": {label(k): v for k, v in overhead.items()}}
