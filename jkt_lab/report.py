@@ -160,10 +160,13 @@ def robustness_section(records: Iterable[Mapping]) -> tuple[list[str], list]:
         mine = [r for r in records if lookup(r, "config.dataset") == dataset]
         grid = rb._grid_records(mine, s, quick)
         title = f"Robustness to noisy inputs on {dataset}" + (" (quick, toy size)" if quick else "")
+        per_class = sorted({p for r in grid if lookup(r, "config.extra.part") == "grid"
+                            and (p := lookup(r, "config.per_class")) is not None})
+        seeds = sorted({lookup(r, "config.seed") for r in grid if lookup(r, "config.extra.part") == "grid"})
         md += [f"## {title}", "",
                "Teachers: standard and trained with Gaussian input noise (sigma "
-               f"{s.teacher_sigma:g}); students: {', '.join(rb.VARIANTS)}; per_class {' and '.join(map(str, s.per_class))}; "
-               f"seeds {', '.join(map(str, s.seeds))}. Accuracy on test images under Gaussian noise of std sigma "
+               f"{s.teacher_sigma:g}); students: {', '.join(rb.VARIANTS)}; per_class {', '.join(map(str, per_class))}; "
+               f"seeds {', '.join(map(str, seeds))}. Accuracy on test images under Gaussian noise of std sigma "
                "(pixel units, [0, 1] scale); mean ± std over seeds.", "",
                "### Test accuracy (%) under input noise", "", to_markdown(rb.robustness_table(mine, s, quick)), ""]
         sel = rb.selection_table(mine, s, quick)
@@ -198,12 +201,25 @@ def robustness_section(records: Iterable[Mapping]) -> tuple[list[str], list]:
             md += lines + [""]
         figs.append(mechanism_figure(grid, sigma=rb.SELECT_SIGMA,
                                      title=f"{title}: accuracy at sigma {sigma} against the Jacobian norm"))
+        energy = rb.logit_energy_table(mine)
+        if energy:
+            md += ["### Proposition 1 at the teachers: where the noise leaves the linear region", "",
+                   "E ||T(x + sigma z)||^2 over test images (one noise draw each) against the second-order prediction "
+                   "||T(x)||^2 + sigma^2 ||J_T(x)||_F^2 (Proposition 1 with a zero student). A ratio near 1: noise of "
+                   "this size probes the teacher's Jacobian; far above 1: it leaves the region where the teacher is "
+                   "close to linear, and distillation on noisy inputs is no longer Jacobian matching.", "",
+                   to_markdown(energy, floatfmt=".3g"), ""]
         eq = rb.equivalence_table(mine)
         if eq:
+            outputs = sorted({lookup(r, "config.jacobian_output") for r in mine
+                              if lookup(r, "config.extra.part") == "equivalence"
+                              and lookup(r, "config.method") == "activations+jacobian"})
             md += ["### Proposition 1 in training: noise distillation vs. activations + sigma^2 x Jacobian", "",
-                   "Students trained with the squared loss on noisy inputs (noise) against students trained with "
-                   "activation matching plus sigma^2 times the squared distance of all-output Jacobians "
-                   "(activations+jacobian), same teacher, data and activation weight. cross / floor: mean over "
+                   "Students trained with the squared loss on noisy inputs (noise, one noise sample a step) against "
+                   "students trained with activation matching plus sigma^2 times the squared distance of the "
+                   f"Jacobians (activations+jacobian, jacobian_output {', '.join(outputs)}: 'random' is one random "
+                   "projection a step, an unbiased estimate of the all-outputs distance), same teacher, data and "
+                   "activation weight a (jacobian_weight = a sigma^2). cross / floor: mean over "
                    "pairs of one student of each method and different seeds / the larger mean over pairs of two "
                    "seeds of one method; relative distances on test images (logits; Jacobians of all outputs), "
                    "absolute accuracy differences in points. A quantity agrees when cross <= floor.", "",

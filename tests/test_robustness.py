@@ -129,6 +129,18 @@ def test_equivalence_configs_make_the_two_objectives_agree_term_by_term(sigma):
     assert float(t_noise["noise"]) == pytest.approx(float(t_jac["activations"] + t_jac["jacobian"]), rel=0.02)
 
 
+def test_logit_energy_matches_its_second_order_prediction_on_a_linear_teacher():
+    teacher = _Linear(0)
+    x = torch.rand(2000, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    energy = rb.logit_energy(teacher, x, [0.0, 0.5, 2.0])
+    w = float(teacher.net[1].weight.detach().pow(2).sum())
+    clean = float(teacher(x).detach().pow(2).sum(1).mean())
+    for sigma in (0.0, 0.5, 2.0):
+        assert energy["predicted"][f"{sigma:g}"] == pytest.approx(clean + sigma ** 2 * w, rel=1e-5)
+        assert energy["measured"][f"{sigma:g}"] == pytest.approx(energy["predicted"][f"{sigma:g}"], rel=0.03)
+    assert energy["predicted"]["2"] > 2 * clean   # the sigma^2 term is large enough to be tested
+
+
 def _pairs_record(sigma, cross, floor_noise, floor_jac):
     pairs = [{"kind": "cross", "same_seed": False, **q} for q in cross]
     pairs += [{"kind": rb.EQUIVALENCE[0], "same_seed": False, **q} for q in floor_noise]
