@@ -111,7 +111,7 @@ class _Linear(nn.Module):
 def test_equivalence_configs_make_the_two_objectives_agree_term_by_term(sigma):
     """On linear networks Proposition 1 is exact: E_z ||T(x+sz) - S(x+sz)||^2 = ||T - S||^2 +
     s^2 ||J_T - J_S||_F^2. The configs of equivalence_configs must give the two methods that."""
-    noise_c, jac_c = [c for c in rb.equivalence_configs("shapes", [sigma], activation_weight=0.7, seeds=[0])]
+    noise_c, jac_c = rb.equivalence_configs("shapes", [sigma], activation_weight=0.7, seeds=[0], jacobian_output="all")
     assert (noise_c.method, jac_c.method) == ("noise", "activations+jacobian")
     assert jac_c.jacobian_weight == pytest.approx(0.7 * sigma ** 2) and jac_c.activation_weight == 0.7
     teacher, student = _Linear(0).eval(), _Linear(1)
@@ -127,6 +127,12 @@ def test_equivalence_configs_make_the_two_objectives_agree_term_by_term(sigma):
     assert float(t_jac["jacobian"]) == pytest.approx(0.7 * sigma ** 2 * w_gap, rel=1e-5)
     assert float(t_jac["jacobian"]) > 0.1 * float(t_jac["activations"])  # large enough to be seen below
     assert float(t_noise["noise"]) == pytest.approx(float(t_jac["activations"] + t_jac["jacobian"]), rel=0.02)
+    # the default, one random projection a step, estimates the same term without bias
+    _, random_c = rb.equivalence_configs("shapes", [sigma], activation_weight=0.7, seeds=[0])
+    assert random_c.jacobian_output == "random"
+    projected = make_method("activations+jacobian", student, teacher, random_c.replace(ce_weight=0.0))
+    mean = sum(float(projected.loss(x, y, step=k)[1]["jacobian"].detach()) for k in range(400)) / 400
+    assert mean == pytest.approx(float(t_jac["jacobian"]), rel=0.1)
 
 
 def test_logit_energy_matches_its_second_order_prediction_on_a_linear_teacher():
