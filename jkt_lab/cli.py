@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -68,6 +69,23 @@ def _common(parser):
     parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (also JKT_LAB_QUICK=1)")
     parser.add_argument("--no-progress", action="store_true", help="silence progress bars")
+
+
+def _executor_options(parser):
+    parser.add_argument("--executor", default="serial", choices=["serial", "ray"],
+                        help="serial: one run after another here; ray: each run a Ray task (pip install -e '.[cluster]')")
+    parser.add_argument("--address", default=None, help="with --executor ray: the cluster to join (auto, HEAD_IP:6379); "
+                                                        "default: a local Ray on this machine")
+
+
+def _executor(args):
+    """A context giving None (serial) or a jkt_lab.cluster.RayExecutor (--executor ray)."""
+    if args.executor == "serial":
+        if args.address is not None:
+            raise ValueError("--address needs --executor ray")
+        return contextlib.nullcontext()
+    from .cluster import RayExecutor
+    return RayExecutor(args.address, device=args.device, progress=not args.no_progress)
 
 
 def demo_configs(quick: bool) -> list:
@@ -140,8 +158,12 @@ def cmd_sweep(args) -> int:
         from .results import config_hash
         configs = list({config_hash(q.to_dict()): q for q in map(quick_config, configs)}.values())
     print(f"{len(configs)} runs in {args.spec}; results -> {args.store}")
-    sweep(configs, args.store, device=args.device, progress=not args.no_progress)
-    return 0
+    with _executor(args) as executor:
+        if executor is None:
+            sweep(configs, args.store, device=args.device, progress=not args.no_progress)
+            return 0
+        executor.run(configs, args.store)
+    return executor.summary()
 
 
 def cmd_report(args) -> int:
@@ -183,12 +205,13 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
     from .report import write_report
     parts = args.parts.split(",")
-    times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
-                      progress=not args.no_progress)
+    with _executor(args) as executor:
+        times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
+                          progress=not args.no_progress, executor=executor)
     paths = write_report(args.store, args.report, title=f"Reproducing Srinivas & Fleuret (2018) on {args.dataset}"
                          + (" (quick, toy size)" if args.quick else ""), timings=times, plotlyjs=args.plotlyjs)
     print(f"wrote {paths['markdown']} and {paths['html']}")
-    return 0
+    return 0 if executor is None else executor.summary()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("spec", help="YAML or TOML file with 'base' and 'grid' (or a list under 'sweeps')")
     p.add_argument("--store", required=True, help="JSON-lines results file")
+    _executor_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("reproduce", help="the paper's three experiments (GPU), resumable; --quick: toy size on CPU")
@@ -234,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="results/reproduce.jsonl", help="JSON-lines results file")
     p.add_argument("--report", default="results", help="folder for REPORT.md and report.html")
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
+    _executor_options(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("report", help="tables (REPORT.md) and plotly figures (report.html) from a results file")
@@ -257,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         args.quick = args.quick or quick_mode()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as exc:
         print(f"jkt-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,7 +26,8 @@ from .results import ResultStore, config_hash, make_record
 from .saliency import saliency_cosine
 from .train import Result, fit, resolve_device, robustness
 
-__all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
+__all__ = ["runs_dir", "load_data", "needs_teacher", "teacher_files", "cache_teacher", "get_teacher",
+           "build_student", "run", "trained_student", "expand_grid", "sweep",
            "load_spec", "quick_config", "NOISE_SIGMAS"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -55,6 +56,31 @@ def _model(name, width, num_classes, data, seed):
                        width=width, seed=seed)
 
 
+def needs_teacher(config: Config) -> bool:
+    """True when ``run(config)`` uses a teacher: its method matches one, or the student starts from it."""
+    return get_method(config.method).needs_teacher or config.init == "finetune"
+
+
+def teacher_files(config: Config, root: Path | None = None) -> tuple[str, Path, Path]:
+    """The key of ``config``'s teacher (its config's hash) and where its weights and info are cached."""
+    key = config_hash(config.teacher_config().to_dict())
+    folder = (root or runs_dir()) / "teachers"
+    return key, folder / f"{key}.pt", folder / f"{key}.json"
+
+
+def cache_teacher(config: Config, state_dict: Mapping[str, torch.Tensor], info: Mapping,
+                  root: Path | None = None) -> None:
+    """Put a teacher trained elsewhere (its ``state_dict`` and ``info``, as :func:`get_teacher`
+    returns them) in the runs directory, so that :func:`get_teacher` loads it instead of training."""
+    _, weights, meta = teacher_files(config, root)
+    if weights.exists() and meta.exists():
+        return
+    _save_weights(state_dict, weights)
+    tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, meta)
+
+
 def get_teacher(config: Config, *, device="auto", progress: bool = True, root: Path | None = None,
                 callback: Callable[[dict], None] | None = None) -> tuple[nn.Module, dict]:
     """The teacher of ``config``: loaded from the runs directory, or trained (and saved) once.
@@ -62,9 +88,8 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
     Returns ``(teacher, info)`` where ``info`` holds the teacher's config, metrics and wall time.
     """
     tconf = config.teacher_config()
-    key = config_hash(tconf.to_dict())
-    folder = (root or runs_dir()) / "teachers"
-    weights, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    key, weights, meta = teacher_files(config, root)
+    folder = weights.parent
     if tconf.teacher_pretrained and tconf.teacher_epochs == 0:
         # The paper's transfer source: an ImageNet network used as it is (1000 outputs).
         teacher = build_model(tconf.student, 1000, pretrained=True, seed=tconf.seed).eval()
@@ -130,7 +155,7 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     t0 = time.perf_counter()
     data = load_data(config, classes=config.classes, per_class=config.per_class)
     teacher, tinfo = None, None
-    if method.needs_teacher or config.init == "finetune":
+    if needs_teacher(config):
         teacher, tinfo = get_teacher(config, device=device, progress=progress)
         if method.matches_logits and teacher.num_classes != data.num_classes:
             raise ValueError(
@@ -158,10 +183,12 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     return record
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
+def _save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write a model's (or a state dict's) weights atomically; concurrent writers do not collide."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     os.replace(tmp, path)
 
 
