@@ -5,9 +5,10 @@ the serial time measured in the same run (needs the cluster extra: pip install -
     python benchmarks/cluster_speedup.py SPEC --full --workers 1,2,4
 
 Every setting starts from an empty runs directory and results file, so each trains the teacher
-again. Serial is ``experiments.sweep`` in this process (torch's default threads); ``ray xN`` is
-``ray.init(num_cpus=N)`` (N workers, one CPU per run) then :class:`jkt_lab.cluster.RayExecutor`:
-its time counts the workers' start (importing torch) but not Ray's own start, shown apart.
+again. Serial is ``experiments.sweep`` in this process, with torch's default threads and with one
+thread (what each Ray worker gets); ``ray, N workers`` is ``ray.init(num_cpus=N)`` (one CPU per run)
+then :class:`jkt_lab.cluster.RayExecutor`: its time counts the workers' start (importing torch)
+but not Ray's own start, shown apart.
 The load average is printed: on a shared machine the figures move with the other jobs.
 """
 from __future__ import annotations
@@ -15,14 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from jkt_lab.cluster import RayExecutor
-from jkt_lab.config import quick_config
-from jkt_lab.experiments import load_spec, sweep
+from jkt_lab.experiments import load_spec, quick_config, sweep
 from jkt_lab.results import ResultStore, config_hash, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +51,16 @@ def main(argv=None) -> int:
         os.environ["JKT_LAB_RUNS"] = str(work / name / "runs")  # Ray workers inherit it at ray.init
         return ResultStore(work / name / "results.jsonl")
 
-    store = fresh("serial")
-    t0 = time.perf_counter()
-    sweep(configs, store, device="cpu", progress=False, verbose=False)
-    serial = time.perf_counter() - t0
-    rows.append({"setting": "serial", "runs": len(store), "ray start (s)": None, "sweep (s)": serial,
-                 "speed-up": 1.0})
-    print(f"serial: {serial:.1f} s", flush=True)
+    threads = torch.get_num_threads()
+    for label, n_threads in ((f"serial, {threads} torch threads", threads), ("serial, 1 torch thread", 1)):
+        store = fresh(f"serial{n_threads}")
+        torch.set_num_threads(n_threads)
+        t0 = time.perf_counter()
+        sweep(configs, store, device="cpu", progress=False, verbose=False)
+        rows.append({"setting": label, "runs": len(store), "ray start (s)": None,
+                     "sweep (s)": time.perf_counter() - t0})
+        print(f"{label}: {rows[-1]['sweep (s)']:.1f} s", flush=True)
+    torch.set_num_threads(threads)
     for n in (int(w) for w in args.workers.split(",")):
         store = fresh(f"ray{n}")
         t0 = time.perf_counter()
@@ -67,12 +73,16 @@ def main(argv=None) -> int:
             took = time.perf_counter() - t0
         finally:
             ray.shutdown()
-        rows.append({"setting": f"ray x{n}", "runs": len(store), "ray start (s)": start, "sweep (s)": took,
-                     "speed-up": serial / took})
-        print(f"ray x{n}: {took:.1f} s (+ {start:.1f} s to start Ray)", flush=True)
+        rows.append({"setting": f"ray, {n} worker{'s' if n > 1 else ''} (1 thread each)", "runs": len(store),
+                     "ray start (s)": start, "sweep (s)": took})
+        print(f"{rows[-1]['setting']}: {took:.1f} s (+ {start:.1f} s to start Ray)", flush=True)
+    for row in rows:
+        row["speed-up vs serial"] = rows[0]["sweep (s)"] / row["sweep (s)"]
+        row["vs serial, 1 thread"] = rows[1]["sweep (s)"] / row["sweep (s)"]
     print()
     print(to_markdown(rows, floatfmt=".2f"))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
