@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import check_int, check_positive
 from .config import Config
 from .experiments import cache_teacher, get_teacher, needs_teacher, run, teacher_files
 from .results import ResultStore, config_hash
@@ -118,12 +119,9 @@ class RayExecutor:
             raise ValueError(f"address must be a Ray cluster address such as 'auto' or 'HEAD_IP:6379', got {address!r}")
         if not isinstance(device, str) or device.split(":")[0] not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-        if isinstance(cpus_per_run, bool) or not isinstance(cpus_per_run, (int, float)) or cpus_per_run <= 0:
-            raise ValueError(f"cpus_per_run must be a number > 0, got {cpus_per_run!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         self.address, self.device, self.progress = address, device, progress
-        self.cpus_per_run, self.max_retries = cpus_per_run, max_retries
+        self.cpus_per_run = check_positive(cpus_per_run, "cpus_per_run")
+        self.max_retries = check_int(max_retries, "max_retries", minimum=0)
         self.failures: list[dict] = []
         self._ray = None
         self._started = False
