@@ -195,6 +195,9 @@ class RayExecutor:
     def teacher(self, config: Config) -> dict | None:
         """Train (once, on the cluster) or load the teacher of ``config``; cache it in the driver's runs
         directory and return its info, or None when it failed (the failure is reported)."""
+        key, weights, meta = teacher_files(config)
+        if key not in self._teachers and weights.exists() and meta.exists():
+            return json.loads(meta.read_text())  # the driver has it: no need to start Ray
         ray = self._connect()
         ref, started = self._teacher_ref(config)
         try:
@@ -216,6 +219,8 @@ class RayExecutor:
             if not isinstance(c, Config):
                 raise TypeError(f"configs[{i}] must be a jkt_lab.Config, got {type(c).__name__}")
             unique.setdefault(config_hash(c.to_dict()), c)
+        if not unique:
+            return []
         todo = [c for c in unique.values() if not store.done(c.to_dict())]
         self._say(f"{len(unique)} runs, {len(unique) - len(todo)} already done, {len(todo)} to run on Ray")
         if not todo:
