@@ -131,7 +131,16 @@ def cmd_train_teacher(args) -> int:
     from .experiments import get_teacher
     config = _config_from_args(args)
     t0 = time.perf_counter()
-    _, info = get_teacher(config, device=args.device, progress=not args.no_progress)
+    teacher, info = get_teacher(config, device=args.device, progress=not args.no_progress)
+    if args.ship:
+        import shlex
+        from .experiments import load_data
+        from .pretrained import ship_teacher
+        tconf = config.teacher_config()
+        card = ship_teacher(args.ship, teacher, info, load_data(tconf, classes=tconf.classes),
+                            command="jkt-lab " + shlex.join(args.argv))
+        print(f"shipped as {args.ship!r}: {card['bytes'] / 1e6:.2f} MB, test accuracy in half precision "
+              f"{100 * card['test_acc']:.2f}%, sha256 {card['sha256'][:16]}...")
     print(f"teacher {config.teacher} on {config.dataset}: test accuracy {100 * info['metrics']['test_acc']:.2f}% "
           f"(trained in {info['wall_time_s']:.1f} s on {info['device']}; ready in {time.perf_counter() - t0:.1f} s)")
     return 0
@@ -206,8 +215,14 @@ def cmd_reproduce(args) -> int:
     from .report import write_report
     parts = args.parts.split(",")
     with _executor(args) as executor:
+        scale = args.scale
+        if scale == "auto":  # by where the runs go: this machine, or the cluster's workers (--executor ray)
+            from .train import resolve_device
+            gpu = executor.gpu_per_run if executor is not None else resolve_device(args.device).type == "cuda"
+            scale = "gpu" if gpu else "cpu"
+        print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
         times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
-                          progress=not args.no_progress, executor=executor)
+                          progress=not args.no_progress, scale=scale, executor=executor)
     paths = write_report(args.store, args.report, title=f"Reproducing Srinivas & Fleuret (2018) on {args.dataset}"
                          + (" (quick, toy size)" if args.quick else ""), timings=times, plotlyjs=args.plotlyjs)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -235,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-teacher", help="train (or load the cached) teacher of a config")
     _common(p)
+    p.add_argument("--ship", metavar="NAME", default=None,
+                   help="also write the teacher into the package (jkt_lab/teachers/NAME.pt, half precision) "
+                        "with its card")
     _add_config_options(p)
     p.set_defaults(func=cmd_train_teacher)
 
@@ -251,10 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_options(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="the paper's three experiments (GPU), resumable; --quick: toy size on CPU")
+    p = sub.add_parser("reproduce", help="the paper's three experiments, resumable: --scale cpu (shipped teachers, 2 cores) or gpu; --quick: toy size")
     _common(p)
     p.add_argument("--dataset", default="cifar10", help="cifar10 (offline: the JPEG zip) or cifar100 (downloads)")
     p.add_argument("--parts", default="select,distillation,transfer", help="comma-separated subset of the parts")
+    p.add_argument("--scale", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="cpu: shipped teachers, small students, about 2 hours on 2 cores; gpu: the paper's scale; "
+                        "auto: gpu when CUDA is available")
     p.add_argument("--store", default="results/reproduce.jsonl", help="JSON-lines results file")
     p.add_argument("--report", default="results", help="folder for REPORT.md and report.html")
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
@@ -274,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0

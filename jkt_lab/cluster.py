@@ -22,8 +22,9 @@ executor first connects, so the default (serial) path never loads it.
   them from there. Why not a shared runs directory: cluster nodes rarely share a file system, a
   teacher's weights are small (the paper's VGG-9 is a few MB; each node fetches them once), and
   nodes then never write the same files over NFS. The driver also caches each teacher it receives,
-  so a rerun does not train it again. Teachers used as they come (``teacher_pretrained`` with
-  ``teacher_epochs=0``: torchvision's ImageNet weights) are loaded on each worker by torchvision.
+  so a rerun does not train it again. Teachers that need no training travel otherwise: the
+  shipped ones (:mod:`jkt_lab.pretrained`) with the package itself, ImageNet networks used as they
+  are (``teacher_pretrained`` with ``teacher_epochs=0``) through each worker's torchvision.
 - **Data on workers** comes from each node's own ``JKT_LAB_DATA`` (or torchvision's download). A
   worker without it fails its task with the dataset's own error
   (:class:`~jkt_lab.data.DataNotFoundError`); the driver prints it with the worker's node address,
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ._checks import check_int, check_positive
 from .config import Config
-from .experiments import cache_teacher, get_teacher, needs_teacher, run, teacher_files
+from .experiments import cache_teacher, get_teacher, needs_teacher, run, teacher_files, trains_teacher
 from .results import ResultStore, config_hash
 
 __all__ = ["RayExecutor"]
@@ -160,6 +161,14 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def gpu_per_run(self) -> bool:
+        """Whether each run gets a GPU: ``device="cuda"``, or ``"auto"`` on a cluster with GPUs."""
+        if self.device != "auto":
+            return self.device.startswith("cuda")
+        self._connect()
+        return bool(self._gpus)
+
     def _options(self) -> dict:
         return {"num_cpus": self.cpus_per_run, "num_gpus": self._gpus, "max_retries": self.max_retries}
 
@@ -195,6 +204,8 @@ class RayExecutor:
     def teacher(self, config: Config) -> dict | None:
         """Train (once, on the cluster) or load the teacher of ``config``; cache it in the driver's runs
         directory and return its info, or None when it failed (the failure is reported)."""
+        if not trains_teacher(config):  # it comes with the package (or torchvision) on every node
+            return get_teacher(config, device="cpu", progress=False)[1]
         key, weights, meta = teacher_files(config)
         if key not in self._teachers and weights.exists() and meta.exists():
             return json.loads(meta.read_text())  # the driver has it: no need to start Ray
@@ -230,7 +241,7 @@ class RayExecutor:
         pending = {}  # ObjectRef -> ("teacher" | "run", config)
         for c in todo:
             teacher = None
-            if needs_teacher(c) and not (c.teacher_pretrained and c.teacher_epochs == 0):
+            if needs_teacher(c) and trains_teacher(c):
                 teacher, started = self._teacher_ref(c)
                 if started:
                     pending[teacher] = ("teacher", c)

@@ -22,11 +22,12 @@ from . import data as data_mod
 from .config import Config
 from .methods import get_method
 from .models import MultiHead, build_model, replace_head
+from .pretrained import pretrained_teacher, shipped_for
 from .results import ResultStore, config_hash, make_record
 from .saliency import saliency_cosine
-from .train import Result, fit, resolve_device, robustness
+from .train import Result, evaluate, fit, resolve_device, robustness
 
-__all__ = ["runs_dir", "load_data", "needs_teacher", "teacher_files", "cache_teacher", "get_teacher",
+__all__ = ["runs_dir", "load_data", "needs_teacher", "trains_teacher", "teacher_files", "cache_teacher", "get_teacher",
            "build_student", "run", "trained_student", "expand_grid", "sweep",
            "load_spec", "quick_config", "NOISE_SIGMAS"]
 
@@ -61,6 +62,13 @@ def needs_teacher(config: Config) -> bool:
     return get_method(config.method).needs_teacher or config.init == "finetune"
 
 
+def trains_teacher(config: Config) -> bool:
+    """True when :func:`get_teacher` trains ``config``'s teacher (and caches it in the runs directory);
+    False for a teacher that ships with the package or an ImageNet network used as it is."""
+    tconf = config.teacher_config()
+    return not (tconf.teacher_pretrained and tconf.teacher_epochs == 0) and shipped_for(tconf) is None
+
+
 def teacher_files(config: Config, root: Path | None = None) -> tuple[str, Path, Path]:
     """The key of ``config``'s teacher (its config's hash) and where its weights and info are cached."""
     key = config_hash(config.teacher_config().to_dict())
@@ -83,7 +91,9 @@ def cache_teacher(config: Config, state_dict: Mapping[str, torch.Tensor], info: 
 
 def get_teacher(config: Config, *, device="auto", progress: bool = True, root: Path | None = None,
                 callback: Callable[[dict], None] | None = None) -> tuple[nn.Module, dict]:
-    """The teacher of ``config``: loaded from the runs directory, or trained (and saved) once.
+    """The teacher of ``config``: a teacher shipped with the package (``jkt_lab.pretrained``) when
+    one was trained with exactly this teacher config, else loaded from the runs directory, or
+    trained (and saved) once.
 
     Returns ``(teacher, info)`` where ``info`` holds the teacher's config, metrics and wall time.
     """
@@ -96,6 +106,12 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
         info = {"key": key, "config": tconf.to_dict(), "metrics": {"test_acc": None}, "history": [],
                 "wall_time_s": 0.0, "device": "pretrained"}
         return teacher.to(resolve_device(device)), info
+    shipped = shipped_for(tconf)
+    if shipped is not None:  # a teacher that ships with the package: never trained again
+        teacher, card = pretrained_teacher(shipped, device=resolve_device(device))
+        info = {"key": key, "config": tconf.to_dict(), "metrics": {"test_acc": card["test_acc"]}, "history": [],
+                "wall_time_s": card["wall_time_s"], "device": card["device"], "shipped": shipped}
+        return teacher, info
     data = load_data(tconf, classes=tconf.classes)
     if tconf.teacher_pretrained:
         teacher = build_model(tconf.student, data.num_classes, in_channels=data.input_shape[0],
@@ -171,8 +187,8 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     if teacher is not None and teacher.num_classes == data.num_classes:
         probe = dev_data.x_test[:256]
         metrics["saliency_cosine"] = saliency_cosine(student, teacher, probe)
-    if tinfo is not None and tinfo["metrics"].get("test_acc") is not None:
-        metrics["teacher_test_acc"] = tinfo["metrics"]["test_acc"]
+    if teacher is not None and teacher.num_classes == data.num_classes:  # the teacher on the student's test images
+        metrics["teacher_test_acc"] = evaluate(teacher, dev_data.x_test, dev_data.y_test)["acc"]
     record = make_record(config.to_dict(), metrics, history=result.history, wall_time_s=time.perf_counter() - t0,
                          device=result.device, extra={"teacher_key": tinfo["key"] if tinfo else None,
                                                       "train_wall_time_s": result.wall_time_s})
