@@ -3,8 +3,8 @@ class selection, device-resident :class:`Batches`, input noise, the decoded-arra
 conversion of a source's arrays into checked tensors (:func:`from_arrays`).
 
 Every reader of a source (``shapes``, ``cifar``, ``files``) returns a :class:`Raw`; ``load`` in
-``jkt_lab/data/__init__.py`` turns it into a :class:`Data`. This module imports no other module of
-the package.
+``jkt_lab/data/__init__.py`` turns it into a :class:`Data`. It imports nothing else from
+``jkt_lab.data``.
 """
 from __future__ import annotations
 
