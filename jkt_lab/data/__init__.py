@@ -19,9 +19,10 @@ Locations: the data root is the ``root`` argument, else ``$JKT_LAB_DATA``, else
 ``<cache_dir()>/data``; decoded arrays are cached as uint8 ``.npz`` files in ``$JKT_LAB_CACHE``
 (default ``~/.cache/jkt_lab``), never beside the source files.
 
-Modules, imported one way (``core`` <- ``shapes``, ``files`` <- ``cifar`` <- this package):
+Modules, imported one way (``core`` <- ``fingerprints`` <- ``files`` <- ``cifar``; ``core`` <- ``shapes``):
 ``core`` (Data, few-shot subsets, Batches, add_noise, the cache), ``shapes`` (shapes, digits),
-``files`` (ImageFolder trees, Indoor-67, npz), ``cifar`` (torchvision CIFAR, the JPEG zip). Each
+``files`` (ImageFolder trees, Indoor-67, npz), ``cifar`` (torchvision CIFAR, the JPEG zip),
+``fingerprints`` (content fingerprints of a user's files, which key runs and caches). Each
 source has one reader ``read_*(Request) -> Raw``; :func:`load` picks it from a table, then applies
 the shared steps: subsets, validation split, resize, statistics, few-shot.
 """
@@ -52,6 +53,7 @@ from .core import (
     data_root,
 )
 from .files import INDOOR67_URL, read_imagefolder, read_indoor67, read_npz
+from .fingerprints import fingerprint
 from .shapes import SHAPE_CLASSES, make_shapes, read_digits, read_shapes
 
 __all__ = [
@@ -60,9 +62,12 @@ __all__ = [
     "Batches",
     "Data",
     "DataNotFoundError",
+    "PATH_DATASETS",
+    "USER_DATASETS",
     "add_noise",
     "cache_dir",
     "data_root",
+    "fingerprint",
     "load",
     "make_shapes",
 ]
@@ -80,6 +85,10 @@ _READERS = {
 }
 
 DATASETS: tuple[str, ...] = tuple(_READERS)
+# Datasets read from a file or folder that ``path`` names (a run's ``Config.data_path``) ...
+PATH_DATASETS: tuple[str, ...] = ("cifar10-jpeg", "indoor67", "imagefolder", "npz")
+# ... and those that are nothing without it: your own data.
+USER_DATASETS: tuple[str, ...] = ("imagefolder", "npz")
 
 
 def _opt_int(value, name: str, minimum: int):

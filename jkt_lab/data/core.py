@@ -60,16 +60,22 @@ def _cached(tag: str, key, build) -> dict[str, np.ndarray]:
         except Exception:  # unreadable cache (e.g. older format): rebuild it
             pass
     arrays = build()
+    _write_atomic(path, lambda f: np.savez(f, **arrays))
+    return arrays
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(binary file)`` into a temporary file beside ``path``, then renamed over it: readers
+    see the old file or the whole new one, and a crash or kill leaves no partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{tag}-", suffix=".npz.tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix + ".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return arrays
 
 
 def _stat_key(paths) -> list:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .core import DataNotFoundError, Raw, Request, _cached, _stat_key, cache_dir, from_arrays
+from .fingerprints import fingerprint
 
 INDOOR67_URL = "http://web.mit.edu/torralba/www/indoor.html"
 
@@ -199,15 +200,15 @@ def read_indoor67(req: Request) -> Raw:
 
 
 def read_imagefolder(req: Request) -> Raw:
-    """An ImageFolder tree at ``path`` (decoded once, cached); ``image_size`` resizes the shorter
-    side and centre-crops."""
+    """An ImageFolder tree at ``path`` (decoded once, cached by its content fingerprint);
+    ``image_size`` resizes the shorter side and centre-crops."""
     path = req.path
     if path is None:
         raise ValueError("path is required for imagefolder: a folder with train/ and test/ (or val/) "
                          "subfolders of class folders, or one tree of class folders")
     if not path.is_dir():
         raise DataNotFoundError(f"imagefolder: path {path} is not a folder")
-    arrays = _cached("imagefolder", _tree_key(path) + [req.image_size],
+    arrays = _cached("imagefolder", [fingerprint(path), req.image_size],  # by content: an edited image is seen
                      lambda: _imagefolder_arrays(path, req.image_size, "decoding imagefolder"))
     return from_arrays(arrays, req.seed, resized=True)
 
