@@ -29,6 +29,8 @@ executor first connects, so the default (serial) path never loads it.
   worker without it fails its task with the dataset's own error
   (:class:`~jkt_lab.data.DataNotFoundError`); the driver prints it with the worker's node address,
   goes on with the other runs, and :meth:`RayExecutor.summary` lists every failure at the end.
+  A config's own ``data_path`` must hold the same files on the driver (which fingerprints them, so
+  that run keys name the data) and on every worker (a worker whose files differ fails the run).
 - **Progress**: one bar on the driver (runs done / total, failures), and a line per finished run
   naming the node it ran on. Trained students stay in the runs directory of the node that trained
   them (the record, not the weights, comes back).
@@ -47,7 +49,8 @@ from tqdm.auto import tqdm
 
 from ._checks import check_int, check_positive
 from .config import Config
-from .experiments import cache_teacher, get_teacher, needs_teacher, run, teacher_files, trains_teacher
+from .experiments import (cache_teacher, get_teacher, needs_teacher, resolve_data, run, teacher_files,
+                          trains_teacher)
 from .results import ResultStore, config_hash
 
 __all__ = ["RayExecutor"]
@@ -229,6 +232,7 @@ class RayExecutor:
         for i, c in enumerate(configs):
             if not isinstance(c, Config):
                 raise TypeError(f"configs[{i}] must be a jkt_lab.Config, got {type(c).__name__}")
+            c = resolve_data(c)  # a data_path is checked here (keys name the data), as a serial sweep does
             unique.setdefault(config_hash(c.to_dict()), c)
         if not unique:
             return []
