@@ -33,6 +33,14 @@ class Config:
     teacher_epochs: int = 30
     teacher_seed: int = 0                 # one teacher shared by all student seeds
     teacher_pretrained: bool = False      # ImageNet weights (torchvision resnets; downloads once)
+    # the teacher's own recipe: a teacher's identity never depends on the student's settings
+    teacher_batch_size: int = 128
+    teacher_lr: float = 0.05
+    teacher_weight_decay: float = 5e-4
+    teacher_schedule: str = "cosine"
+    teacher_augment: bool = True
+    teacher_label_smoothing: float = 0.0
+    teacher_train_sigma: float = 0.0      # Gaussian input noise while training the teacher (a robust teacher)
     n_train: int | None = None            # training images to use (class-balanced subset; shapes: generated)
     n_test: int | None = None             # test images to use (None: all)
     classes: tuple[int, ...] | None = None          # train on these classes only (transfer target)
@@ -61,6 +69,8 @@ class Config:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     augment: bool = True
+    label_smoothing: float = 0.0          # cross-entropy on smoothed labels (Szegedy et al. 2016)
+    train_sigma: float = 0.0              # Gaussian input noise added to every training batch, [0, 1] pixel units
     amp: bool = False                     # bf16 autocast (CUDA only)
     seed: int = 0
     eval_every: int | None = None         # epochs between history rows (None: about 20 per run)
@@ -70,11 +80,15 @@ class Config:
         if self.per_class is not None:
             check_int(self.per_class, "per_class", minimum=1)
         for name in ("ce_weight", "kd_weight", "activation_weight", "jacobian_weight", "sigma",
-                     "attention_weight", "lwf_weight", "weight_decay", "momentum"):
+                     "attention_weight", "lwf_weight", "weight_decay", "momentum", "train_sigma",
+                     "teacher_weight_decay", "teacher_train_sigma"):
             check_nonnegative(getattr(self, name), name)
-        for name in ("temperature", "lr", "attention_p"):
+        for name in ("label_smoothing", "teacher_label_smoothing"):
+            if not 0 <= check_nonnegative(getattr(self, name), name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("temperature", "lr", "attention_p", "teacher_lr"):
             check_positive(getattr(self, name), name)
-        for name in ("epochs", "teacher_epochs", "n_samples", "batch_size"):
+        for name in ("epochs", "teacher_epochs", "n_samples", "batch_size", "teacher_batch_size"):
             check_int(getattr(self, name), name, minimum=1 if "epochs" not in name else 0)
         check_int(self.teacher_seed, "teacher_seed", minimum=0)
         for name in ("n_train", "n_test"):
@@ -89,6 +103,7 @@ class Config:
         check_choice(self.jacobian_output, "jacobian_output", JACOBIAN_OUTPUTS)
         check_choice(self.noise_loss, "noise_loss", ("kd", "squared"))
         check_choice(self.schedule, "schedule", SCHEDULES)
+        check_choice(self.teacher_schedule, "teacher_schedule", SCHEDULES)
         check_choice(self.init, "init", ("scratch", "finetune"))
         for name in ("classes", "teacher_classes"):
             value = getattr(self, name)
@@ -118,13 +133,20 @@ class Config:
         return cls(**d)
 
     def teacher_config(self) -> "Config":
-        """The config that trains this run's teacher (cross-entropy on all its data)."""
-        return Config(dataset=self.dataset, per_class=None, method="ce", student=self.teacher,
-                      student_width=self.teacher_width, teacher=self.teacher, teacher_width=self.teacher_width,
-                      classes=self.teacher_classes, n_train=self.n_train, n_test=self.n_test, epochs=self.teacher_epochs,
-                      teacher_epochs=self.teacher_epochs, teacher_pretrained=self.teacher_pretrained, batch_size=self.batch_size, lr=self.lr,
-                      momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
-                      augment=self.augment, amp=self.amp, seed=self.teacher_seed, teacher_seed=self.teacher_seed)
+        """The config that trains this run's teacher: cross-entropy on all of its data.
+
+        It is built from the teacher's own fields (``teacher*``) and the data (``dataset``,
+        ``n_train``, ``n_test``, ``teacher_classes``) only, so a teacher's identity (its cache
+        key and card) never changes with the student's batch size, learning rate or schedule.
+        Everything else keeps :class:`Config`'s defaults.
+        """
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("teacher")}
+        return Config(dataset=self.dataset, n_train=self.n_train, n_test=self.n_test, classes=self.teacher_classes,
+                      per_class=None, method="ce", student=self.teacher, student_width=self.teacher_width,
+                      epochs=self.teacher_epochs, seed=self.teacher_seed, batch_size=self.teacher_batch_size,
+                      lr=self.teacher_lr, weight_decay=self.teacher_weight_decay, schedule=self.teacher_schedule,
+                      augment=self.teacher_augment, label_smoothing=self.teacher_label_smoothing,
+                      train_sigma=self.teacher_train_sigma, **own)
 
 
 def quick_mode() -> bool:

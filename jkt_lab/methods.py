@@ -86,7 +86,8 @@ class Method:
         return torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
 
     def _ce(self, logits, y):
-        return {"ce": self.config.ce_weight * F.cross_entropy(logits, y)} if self.config.ce_weight else {}
+        c = self.config
+        return {"ce": c.ce_weight * F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)} if c.ce_weight else {}
 
 
 def _num_outputs(model: nn.Module) -> int | None:

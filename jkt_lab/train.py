@@ -210,6 +210,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
             for x, y in batches:
                 if step >= total_steps:
                     break
+                if config.train_sigma:  # Gaussian input-noise augmentation (a robust teacher); seeded by (seed, step)
+                    x = add_noise(x, config.train_sigma, seed=config.seed * 1_000_003 + step + 1)
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=config.amp):
                     logits, terms = runner.loss(x, y, step)
                 for name, value in terms.items():

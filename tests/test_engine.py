@@ -250,3 +250,36 @@ def test_committed_specs_parse():
 def test_pretrained_teacher_config_is_the_papers_transfer_source():
     config = Config(dataset="indoor67", teacher="resnet34", teacher_pretrained=True, teacher_epochs=0)
     assert config.teacher_config().teacher_pretrained
+
+
+def test_teacher_identity_depends_on_the_teachers_settings_only():
+    from jkt_lab.results import config_hash
+    base = Config(**TINY)
+    key = config_hash(base.teacher_config().to_dict())
+    student_changes = dict(batch_size=7, lr=0.3, schedule="step", augment=False, weight_decay=0.0, epochs=3,
+                           steps=None, seed=4, method="kd", per_class=1, student_width=6, label_smoothing=0.1,
+                           train_sigma=0.2, temperature=2.0, jacobian_weight=10.0)
+    for name, value in student_changes.items():
+        assert config_hash(base.replace(**{name: value}).teacher_config().to_dict()) == key, name
+    teacher_changes = dict(teacher_batch_size=64, teacher_lr=0.1, teacher_schedule="step", teacher_augment=False,
+                           teacher_weight_decay=0.0, teacher_label_smoothing=0.1, teacher_train_sigma=0.1,
+                           teacher_epochs=2, teacher_seed=1, teacher_width=16, n_train=400)
+    for name, value in teacher_changes.items():
+        assert config_hash(base.replace(**{name: value}).teacher_config().to_dict()) != key, name
+    t = base.replace(teacher_batch_size=64, teacher_lr=0.1, teacher_train_sigma=0.1).teacher_config()
+    assert (t.batch_size, t.lr, t.train_sigma, t.method, t.per_class) == (64, 0.1, 0.1, "ce", None)
+    assert t.teacher_config() == t
+
+
+def test_train_sigma_trains_on_noisy_inputs(data):
+    clean = Config(**TINY, method="ce")
+    a = fit(build_model("tiny", 10, mean=data.mean, std=data.std, width=4, seed=0), "ce", data, config=clean,
+            device="cpu", progress=False)
+    b = fit(build_model("tiny", 10, mean=data.mean, std=data.std, width=4, seed=0), "ce", data,
+            config=clean.replace(train_sigma=0.1), device="cpu", progress=False)
+    c = fit(build_model("tiny", 10, mean=data.mean, std=data.std, width=4, seed=0), "ce", data,
+            config=clean.replace(train_sigma=0.1), device="cpu", progress=False)
+    assert a.history[-1]["loss/ce"] != b.history[-1]["loss/ce"]
+    assert b.history == c.history  # the noise is seeded: same config, same numbers
+    with pytest.raises(ValueError, match="label_smoothing"):
+        Config(label_smoothing=1.0)
