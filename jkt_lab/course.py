@@ -23,7 +23,7 @@ from .nbtools import DISTILLATION_METHODS, TRANSFER_RUNS, course_config, course_
 from .results import ResultStore, flatten, lookup
 
 __all__ = ["seeds", "distillation_configs", "transfer_configs", "panel_example_config", "run_all", "prepare",
-           "runs_table", "fit_summary", "chance_level", "try_jacobian_step"]
+           "runs_table", "fit_summary", "chance_level", "compare", "try_jacobian_step"]
 
 
 def seeds(quick: bool | None = None) -> tuple[int, ...]:
@@ -137,11 +137,15 @@ def prepare(quick: bool | None = None, *, device="auto", progress: bool = True,
 # --------------------------------------------------------------------------- tables that say what they average
 
 
-def _pct(values: Sequence[float]) -> str:
+def _mean_std(values: Sequence[float], percent: bool = True) -> str:
+    """``"mean ± std"`` (sample std; the mean alone for one value), in % when ``percent``."""
     if not values:
         return ""
-    mean = 100 * statistics.fmean(values)
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+    scale, fmt = (100, ".1f") if percent else (1, ".3f")
+    mean = scale * statistics.fmean(values)
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ± {format(scale * statistics.stdev(values), fmt)}"
 
 
 def _groups(records: Sequence[Mapping], ignore: Iterable[str] = ("seed",)) -> tuple[list[str], dict]:
@@ -163,17 +167,19 @@ def _show(value):
     return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
 
 
-def runs_table(records: Iterable[Mapping], metric: str = "metrics.test_acc", label: str = "test accuracy %") -> list[dict]:
+def runs_table(records: Iterable[Mapping], metric: str = "metrics.test_acc", label: str = "test accuracy %", *,
+               percent: bool = True) -> list[dict]:
     """One row per group of runs that differ only in their seed: every config setting that differs
-    between any two runs gets a column, then ``label`` (mean ± std over the group, in %) and ``n``
-    (runs averaged), so that a lambda-10 run is never averaged with a lambda-1 run."""
+    between any two runs gets a column, then ``label`` (mean ± std over the group, in % when
+    ``percent``) and ``n`` (runs averaged), so that a lambda-10 run is never averaged with a
+    lambda-1 run."""
     records = [r for r in records if lookup(r, metric) is not None]
     varying, groups = _groups(records)
     rows = []
     for members in groups.values():
         config = flatten(members[0]["config"])
         row = {k: _show(config.get(k)) for k in varying}
-        row[label] = _pct([float(lookup(m, metric)) for m in members])
+        row[label] = _mean_std([float(lookup(m, metric)) for m in members], percent)
         row["n"] = len(members)
         row["seeds"] = ", ".join(str(s) for s in sorted({lookup(m, "config.seed") for m in members}, key=str))
         rows.append(row)
@@ -194,8 +200,11 @@ def chance_level(config: Config | Mapping) -> float:
 
 def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> list[dict]:
     """Per ``group`` value (mean over seeds, %): final train, validation and test accuracy, the
-    train - validation gap, test accuracy above chance (``binomial standard errors``), and the
-    final teacher-student Jacobian cosine on training batches when the history has it."""
+    train - validation gap, test accuracy above chance (in binomial standard errors of a
+    chance-level classifier on the test set), and how far Jacobian matching trained: the
+    training-batch cosine implied by the history's ``loss/jacobian`` (one matched output per
+    example: ``cos = 1 - loss / (2 jacobian_weight)``) in the first and last rows, and the
+    ``jacobian_cosine/<split>`` values of the last row when the history records them."""
     records = list(records)
     by: dict[str, list[Mapping]] = {}
     for r in records:
@@ -213,12 +222,58 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
         row = {group.split(".")[-1]: name, "n": len(members), "train %": 100 * train, "validation %": 100 * val,
                "test %": 100 * test, "train - validation": 100 * (train - val), "chance %": 100 * chance,
                "test above chance (s.e.)": (test - chance) / se}
-        cosines = [m["history"][-1][k] for m in members for k in m.get("history", [{}])[-1]
-                   if k.startswith("jacobian_cosine/") and m["history"][-1][k] is not None]
-        if cosines:
-            row["Jacobian cosine (last row)"] = statistics.fmean(cosines)
+        if c.get("method") in ("kd+jacobian", "activations+jacobian") and c.get("jacobian_kind") == "normalized" \
+                and c.get("jacobian_output") in ("top1", "label") and all(m.get("history") for m in members):
+            # one matched output per example: loss/jacobian = weight * (2 - 2 cos), batch mean
+            cos = lambda h: 1 - h["loss/jacobian"] / (2 * c["jacobian_weight"])  # noqa: E731
+            first = statistics.fmean(cos(m["history"][0]) for m in members)
+            last = statistics.fmean(cos(m["history"][-1]) for m in members)
+            row["Jacobian cosine, first → last row"] = f"{first:.2f} → {last:.2f}"
+        for split in ("train", "val"):
+            values = [m["history"][-1].get(f"jacobian_cosine/{split}") for m in members if m.get("history")]
+            values = [v for v in values if v is not None]
+            if values:
+                row[f"Jacobian cosine ({split}, last row)"] = statistics.fmean(values)
         rows.append(row)
     return rows
+
+
+def compare(records: Iterable[Mapping], better: str, worse: str, *, label=None, metric: str = "metrics.test_acc",
+            percent: bool = True) -> dict:
+    """Does ``better`` beat ``worse`` (two labels: ``label(record)``, default the method) on
+    ``metric``, beyond the spread over seeds? Returns the means, sample stds, ``n``, the
+    difference, and ``verdict``: "ahead" when the difference exceeds both stds, "behind" when it
+    is below minus both, else "within the spread over seeds" (one seed each: "one seed, no spread
+    to compare with"); ``sentence`` says it in words."""
+    label = label or (lambda r: lookup(r, "config.method"))
+    values: dict[str, list[float]] = {better: [], worse: []}
+    for r in records:
+        name, v = label(r), lookup(r, metric)
+        if name in values and v is not None:
+            values[name].append(float(v))
+    for name, vs in values.items():
+        if not vs:
+            raise ValueError(f"no record with a {metric} labelled {name!r}")
+    scale = 100 if percent else 1
+    mean = {k: scale * statistics.fmean(v) for k, v in values.items()}
+    std = {k: scale * statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()}
+    diff = mean[better] - mean[worse]
+    if std[better] is None or std[worse] is None:
+        verdict = "one seed, no spread to compare with"
+    elif diff > max(std[better], std[worse]):
+        verdict = "ahead"
+    elif diff < -max(std[better], std[worse]):
+        verdict = "behind"
+    else:
+        verdict = "within the spread over seeds"
+    unit = " points" if percent else ""
+    spread = lambda k: f" ± {std[k]:.{1 if percent else 3}f}" if std[k] is not None else ""  # noqa: E731
+    fmt = ".1f" if percent else ".3f"
+    sentence = (f"{better} {format(mean[better], fmt)}{spread(better)} (n={len(values[better])}) vs. {worse} "
+                f"{format(mean[worse], fmt)}{spread(worse)} (n={len(values[worse])}): difference "
+                f"{diff:+{fmt}}{unit}, {verdict}.")
+    return {"better": better, "worse": worse, "mean": mean, "std": std, "n": {k: len(v) for k, v in values.items()},
+            "difference": diff, "verdict": verdict, "sentence": sentence}
 
 
 def try_jacobian_step(step, config: Config | None = None, *, steps: int = 40, batch_size: int = 32,
