@@ -148,13 +148,15 @@ def _mean_std(values: Sequence[float], percent: bool = True) -> str:
     return f"{format(mean, fmt)} ± {format(scale * statistics.stdev(values), fmt)}"
 
 
-def _groups(records: Sequence[Mapping], ignore: Iterable[str] = ("seed",)) -> tuple[list[str], dict]:
-    """The config settings that differ between records (``ignore`` aside) and the records grouped by them."""
-    ignore = set(ignore)
+def _groups(records: Sequence[Mapping], ignore: Iterable[str] = ("seed",), always: Iterable[str] = ("method",)
+            ) -> tuple[list[str], dict]:
+    """The config settings that differ between records (``ignore`` aside; ``always`` shown) and
+    the records grouped by them."""
+    ignore, always = set(ignore), list(always)
     flat = [flatten(r.get("config", {})) for r in records]
     keys = list(dict.fromkeys(k for f in flat for k in f))
-    varying = [k for k in keys if k not in ignore
-               and len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    varying = [k for k in keys if k not in ignore and (k in always or
+               len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1)]
     groups: dict[str, list[Mapping]] = {}
     for r, f in zip(records, flat):
         groups.setdefault(json.dumps([f.get(k) for k in varying], default=str), []).append(r)
@@ -169,8 +171,8 @@ def _show(value):
 
 def runs_table(records: Iterable[Mapping], metric: str = "metrics.test_acc", label: str = "test accuracy %", *,
                percent: bool = True) -> list[dict]:
-    """One row per group of runs that differ only in their seed: every config setting that differs
-    between any two runs gets a column, then ``label`` (mean ± std over the group, in % when
+    """One row per group of runs that differ only in their seed: the method and every config
+    setting that differs between any two runs get a column, then ``label`` (mean ± std over the group, in % when
     ``percent``) and ``n`` (runs averaged), so that a lambda-10 run is never averaged with a
     lambda-1 run."""
     records = [r for r in records if lookup(r, metric) is not None]
@@ -223,7 +225,8 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
                "test %": 100 * test, "train - validation": 100 * (train - val), "chance %": 100 * chance,
                "test above chance (s.e.)": (test - chance) / se}
         if c.get("method") in ("kd+jacobian", "activations+jacobian") and c.get("jacobian_kind") == "normalized" \
-                and c.get("jacobian_output") in ("top1", "label") and all(m.get("history") for m in members):
+                and c.get("jacobian_output") in ("top1", "label") \
+                and all(m.get("history") and "loss/jacobian" in m["history"][0] for m in members):
             # one matched output per example: loss/jacobian = weight * (2 - 2 cos), batch mean
             cos = lambda h: 1 - h["loss/jacobian"] / (2 * c["jacobian_weight"])  # noqa: E731
             first = statistics.fmean(cos(m["history"][0]) for m in members)
