@@ -219,7 +219,7 @@ def saliency_grid(images, maps: Mapping[str, object], *, titles: Sequence[str] |
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title=title, template="plotly_white", height=170 * (1 + len(names)) + 60,
-                      width=max(480, 150 * n + 80), margin={"l": 60, "r": 10, "t": 60, "b": 10})
+                      width=max(480, 150 * n + 80), margin={"l": 60, "r": 10, "t": 80, "b": 10})
     return _square(fig)
 
 
@@ -313,7 +313,7 @@ def robustness_figure(curves: Mapping[str, Sequence[Mapping]], *,
 def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.test_acc",
                   title: str = "Test accuracy", chance: float | None = None, teacher: float | None = None) -> go.Figure:
     """Bars of the mean ``metric`` (%) per label, error bars the sample std over the records
-    (e.g. seeds; none for a single record), ``n`` beside each mean; ``label(record)`` names a
+    (e.g. seeds; none for a single record), ``n`` under each label; ``label(record)`` names a
     record's bar. Bars keep the order labels first appear in; ``chance``/``teacher`` add lines."""
     import statistics
     groups: dict[str, list[float]] = {}
@@ -326,8 +326,9 @@ def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.t
     stds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
     fig = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": stds},
                            marker={"color": [_color(n) or "#7f7f7f" for n in names]},
-                           text=[f"{m:.1f} (n={len(groups[n])})" for m, n in zip(means, names)],
-                           textposition="outside", name=metric.split(".")[-1]))
+                           text=[f"{m:.1f}" for m in means], textposition="inside", insidetextanchor="middle",
+                           name=metric.split(".")[-1]))
+    fig.update_xaxes(tickvals=names, ticktext=[f"{n}<br>n={len(groups[n])}" for n in names])
     fig.update_yaxes(title="accuracy (%)", rangemode="tozero")
     fig.update_layout(title=title, template="plotly_white")
     return reference_lines(fig, chance=chance, teacher=teacher)

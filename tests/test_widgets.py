@@ -231,7 +231,7 @@ def test_transfer_panel_three_seeds(store):
     assert panel.error is None, panel.error
     bars = panel.figure.to_dict()["data"][0]
     i = list(bars["x"]).index("ce (scratch)")
-    assert "(n=3)" in bars["text"][i] and bars["error_y"]["array"][i] >= 0
+    assert "n=3" in panel.figure.layout.xaxis.ticktext[i] and bars["error_y"]["array"][i] >= 0
     assert "chance 20%" in panel.status.value
 
 
@@ -299,4 +299,4 @@ def test_accuracy_bars_std_over_seeds_and_lines():
     fig = viz.accuracy_bars(recs, lambda r: r["config"]["method"], chance=0.1, teacher=0.9)
     bar = fig.to_dict()["data"][0]
     assert bar["error_y"]["array"][0] == pytest.approx(14.142, abs=1e-3)   # sample std, as the tables
-    assert "(n=2)" in bar["text"][0] and len(fig.layout.shapes) == 2
+    assert fig.layout.xaxis.ticktext[0] == "kd<br>n=2" and len(fig.layout.shapes) == 2
