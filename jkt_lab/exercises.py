@@ -177,6 +177,17 @@ def _call(fn, *args, **kwargs):
         raise _Raised(err) from err
 
 
+def _call_autograd(fn, *args, no_graph: str, **kwargs):
+    """``(result, None)``, or ``(None, no_graph)`` when the learner's function hit autograd's
+    "nothing to differentiate" error (a tensor without a graph)."""
+    try:
+        return _call(fn, *args, **kwargs), None
+    except _Raised as err:
+        if "does not require grad" in str(err) or "does not have a grad_fn" in str(err):
+            return None, no_graph
+        raise
+
+
 def _tensor(value, what: str):
     """The learner's return value as a tensor, or a message saying what was expected."""
     import torch
@@ -330,14 +341,10 @@ def _check_top1_jacobian(fn) -> tuple[bool, str]:
 
     from .jacobian import jacobian
     model, _, x = _image_models()
-    try:
-        result = _call(fn, model, x.clone())
-    except _Raised as err:
-        if "does not require grad" in str(err):
-            return False, ("x must require grad before the forward pass (x = x.detach().requires_grad_(True)), "
-                           "else autograd has nothing to differentiate with respect to.")
-        raise
-    out, problem = _tensor(result, "a tensor of shape (batch, 1, C, H, W)")
+    result, problem = _call_autograd(fn, model, x.clone(), no_graph=(
+        "x must require grad before the forward pass (x = x.detach().requires_grad_(True)), else autograd has "
+        "nothing to differentiate with respect to."))
+    out, problem = (None, problem) if problem else _tensor(result, "a tensor of shape (batch, 1, C, H, W)")
     if problem:
         return False, problem
     ref = jacobian(model, x, "top1")[0]
@@ -406,14 +413,10 @@ def _check_jacobian_step(fn) -> tuple[bool, str]:
         p.grad = torch.ones_like(p)        # stale gradients: only zero_grad() removes them
     for p in teacher.parameters():
         p.grad = None
-    try:
-        result = _call(fn, mine, teacher, x.clone(), opt, jacobian_weight=weight)
-    except _Raised as err:
-        if "does not require grad" in str(err) or "does not have a grad_fn" in str(err):
-            return False, ("loss.backward() found no graph: compute the student's Jacobian with create_graph=True "
-                           "(double backpropagation), else it is a constant and the student gets no gradient.")
-        raise
-    loss, problem = _tensor(result, "the loss (a float or a 0-dim tensor)")
+    result, problem = _call_autograd(fn, mine, teacher, x.clone(), opt, jacobian_weight=weight, no_graph=(
+        "loss.backward() found no graph: compute the student's Jacobian with create_graph=True (double "
+        "backpropagation), else it is a constant and the student gets no gradient."))
+    loss, problem = (None, problem) if problem else _tensor(result, "the loss (a float or a 0-dim tensor)")
     if problem:
         return False, problem
     if any(p.grad is not None and bool(p.grad.abs().max() > 0) for p in teacher.parameters()):
