@@ -192,8 +192,13 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
     from .report import write_report
     parts = args.parts.split(",")
+    scale = args.scale
+    if scale == "auto":
+        from .train import resolve_device
+        scale = "gpu" if resolve_device(args.device).type == "cuda" else "cpu"
+    print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
     times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, scale=scale)
     paths = write_report(args.store, args.report, title=f"Reproducing Srinivas & Fleuret (2018) on {args.dataset}"
                          + (" (quick, toy size)" if args.quick else ""), timings=times, plotlyjs=args.plotlyjs)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -249,10 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="JSON-lines results file")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="the paper's three experiments (GPU), resumable; --quick: toy size on CPU")
+    p = sub.add_parser("reproduce", help="the paper's three experiments, resumable: --scale cpu (shipped teachers, 2 cores) or gpu; --quick: toy size")
     _common(p)
     p.add_argument("--dataset", default="cifar10", help="cifar10 (offline: the JPEG zip) or cifar100 (downloads)")
     p.add_argument("--parts", default="select,distillation,transfer", help="comma-separated subset of the parts")
+    p.add_argument("--scale", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="cpu: shipped teachers, small students, about 2 hours on 2 cores; gpu: the paper's scale; "
+                        "auto: gpu when CUDA is available")
     p.add_argument("--store", default="results/reproduce.jsonl", help="JSON-lines results file")
     p.add_argument("--report", default="results", help="folder for REPORT.md and report.html")
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")

@@ -135,13 +135,14 @@ class Config:
     def teacher_config(self) -> "Config":
         """The config that trains this run's teacher: cross-entropy on all of its data.
 
-        It is built from the teacher's own fields (``teacher*``) and the data (``dataset``,
-        ``n_train``, ``n_test``, ``teacher_classes``) only, so a teacher's identity (its cache
-        key and card) never changes with the student's batch size, learning rate or schedule.
-        Everything else keeps :class:`Config`'s defaults.
+        It is built from the teacher's own fields (``teacher*``) and its training data
+        (``dataset``, ``n_train``, ``teacher_classes``) only, so a teacher's identity (its cache
+        key and card) never changes with the student's batch size, learning rate, schedule or
+        test subset (``n_test``: the teacher is evaluated on all test images). Everything else
+        keeps :class:`Config`'s defaults.
         """
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("teacher")}
-        return Config(dataset=self.dataset, n_train=self.n_train, n_test=self.n_test, classes=self.teacher_classes,
+        return Config(dataset=self.dataset, n_train=self.n_train, classes=self.teacher_classes,
                       per_class=None, method="ce", student=self.teacher, student_width=self.teacher_width,
                       epochs=self.teacher_epochs, seed=self.teacher_seed, batch_size=self.teacher_batch_size,
                       lr=self.teacher_lr, weight_decay=self.teacher_weight_decay, schedule=self.teacher_schedule,

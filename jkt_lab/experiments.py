@@ -25,7 +25,7 @@ from .models import MultiHead, build_model, replace_head
 from .pretrained import pretrained_teacher, shipped_for
 from .results import ResultStore, config_hash, make_record
 from .saliency import saliency_cosine
-from .train import Result, fit, resolve_device, robustness
+from .train import Result, evaluate, fit, resolve_device, robustness
 
 __all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
            "load_spec", "quick_config", "NOISE_SIGMAS"]
@@ -155,8 +155,8 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     if teacher is not None and teacher.num_classes == data.num_classes:
         probe = dev_data.x_test[:256]
         metrics["saliency_cosine"] = saliency_cosine(student, teacher, probe)
-    if tinfo is not None and tinfo["metrics"].get("test_acc") is not None:
-        metrics["teacher_test_acc"] = tinfo["metrics"]["test_acc"]
+    if teacher is not None and teacher.num_classes == data.num_classes:  # the teacher on the student's test images
+        metrics["teacher_test_acc"] = evaluate(teacher, dev_data.x_test, dev_data.y_test)["acc"]
     record = make_record(config.to_dict(), metrics, history=result.history, wall_time_s=time.perf_counter() - t0,
                          device=result.device, extra={"teacher_key": tinfo["key"] if tinfo else None,
                                                       "train_wall_time_s": result.wall_time_s})

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
 from .experiments import get_teacher, quick_config, run
 from .results import ResultStore, config_hash, lookup
 
-__all__ = ["PARTS", "PER_CLASS", "TRANSFER_PER_CLASS", "SEEDS", "base_config", "selection_configs",
+__all__ = ["PARTS", "SCALES", "Scale", "PER_CLASS", "TRANSFER_PER_CLASS", "SEEDS", "base_config", "selection_configs",
            "distillation_configs", "transfer_configs", "select", "reproduce"]
 
 PARTS = ("select", "distillation", "transfer")
-PER_CLASS = (1, 5, 10, 50, 100, 500, None)
-TRANSFER_PER_CLASS = (5, 10, 25, 50, 100, None)
 SEEDS = (0, 1, 2)
 SELECT_PER_CLASS = 10
 SELECTION = {  # variant -> grid searched on the validation split
@@ -59,11 +58,53 @@ TRANSFER = {
 }
 
 
-def base_config(dataset: str = "cifar10") -> Config:
-    """Paper-style settings for a GPU: VGG-9 teacher, VGG-4 student, 32x32 inputs."""
-    return Config(dataset=dataset, teacher="vgg9", teacher_width=64, teacher_epochs=30, student="vgg4",
-                  student_width=32, batch_size=128, lr=0.05, weight_decay=5e-4, epochs=30, steps=1500,
-                  temperature=4.0, jacobian_weight=1.0, sigma=0.05, attention_weight=100.0)
+@dataclass(frozen=True)
+class Scale:
+    """How big the experiments are: the base config, the grid's ``per_class`` values and variants.
+
+    ``gpu`` is the paper's scale (VGG-9 width 64 teacher trained here). ``cpu`` fits a 2-core
+    laptop: its teachers are the ones shipped with the package (``jkt_lab.pretrained``:
+    ``cifar10`` and, for transfer, ``cifar10-source``), so only students are trained.
+    """
+
+    name: str
+    base: dict
+    per_class: tuple
+    transfer_per_class: tuple
+    variants: tuple[str, ...]
+    transfer_teacher: dict = field(default_factory=dict)
+
+
+SCALES = {
+    "gpu": Scale("gpu", dict(teacher="vgg9", teacher_width=64, teacher_epochs=30, student="vgg4", student_width=32,
+                             batch_size=128, lr=0.05, weight_decay=5e-4, epochs=30, steps=1500, temperature=4.0,
+                             jacobian_weight=1.0, sigma=0.05, attention_weight=100.0),
+                 per_class=(1, 5, 10, 50, 100, 500, None), transfer_per_class=(5, 10, 25, 50, 100, None),
+                 variants=tuple(DISTILLATION)),
+    # the shipped teachers' configs: vgg9 width 32 (ten classes) and width 24 (classes 0-4), 30 epochs
+    "cpu": Scale("cpu", dict(teacher="vgg9", teacher_width=32, teacher_epochs=30, student="vgg4", student_width=16,
+                             batch_size=64, lr=0.05, weight_decay=5e-4, steps=300, n_test=2000, temperature=4.0,
+                             jacobian_weight=1.0, sigma=0.05, attention_weight=100.0),
+                 per_class=(1, 5, 10, 50, 100, 500), transfer_per_class=(5, 10, 50),
+                 variants=("ce", "kd", "kd+jacobian", "kd+jacobian (squared)", "noise"),
+                 transfer_teacher=dict(teacher_width=24)),
+}
+# the paper's scale (kept as module constants: the GPU grid)
+PER_CLASS = SCALES["gpu"].per_class
+TRANSFER_PER_CLASS = SCALES["gpu"].transfer_per_class
+
+
+def _scale(scale: str | Scale) -> Scale:
+    if isinstance(scale, Scale):
+        return scale
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    return SCALES[scale]
+
+
+def base_config(dataset: str = "cifar10", scale: str | Scale = "gpu") -> Config:
+    """The settings every run of ``scale`` shares: VGG-9 teacher, VGG-4 student, 32x32 inputs."""
+    return Config(dataset=dataset, **_scale(scale).base)
 
 
 def _variant(config: Config, name: str, part: str, **changes) -> Config:
@@ -80,28 +121,34 @@ def _maybe_quick(configs: Iterable[Config], quick: bool) -> list[Config]:
     return list(unique.values())
 
 
-def selection_configs(base: Config, quick: bool = False) -> list[Config]:
+def _selected(scale: Scale) -> dict:
+    return {name: grid for name, grid in SELECTION.items() if name in scale.variants or name == "at+jacobian"}
+
+
+def selection_configs(base: Config, quick: bool = False, scale: str | Scale = "gpu") -> list[Config]:
     """The validation runs: each variant's grid at ``per_class`` = 10, seed 0."""
+    scale = _scale(scale)
     out = []
-    for name, grid in SELECTION.items():
-        (field, values), = grid.items()
+    for name, grid in _selected(scale).items():
+        (key, values), = grid.items()
         if name == "at+jacobian":
-            c0 = _variant(_transfer_base(base), name, "select", method="at+jacobian", init="finetune",
+            c0 = _variant(_transfer_base(base, scale), name, "select", method="at+jacobian", init="finetune",
                           per_class=SELECT_PER_CLASS, seed=0)
         else:
             method, changes = DISTILLATION[name]
             c0 = _variant(base, name, "select", method=method, per_class=SELECT_PER_CLASS, seed=0, **changes)
-        out += [c0.replace(**{field: v}) for v in values]
+        out += [c0.replace(**{key: v}) for v in values]
     return _maybe_quick(out, quick)
 
 
-def select(store: ResultStore, base: Config, quick: bool = False) -> dict[str, dict]:
+def select(store: ResultStore, base: Config, quick: bool = False, scale: str | Scale = "gpu") -> dict[str, dict]:
     """Best value per variant by validation accuracy, from the ``select`` runs in ``store``."""
+    scale = _scale(scale)
     chosen = {}
-    for name, grid in SELECTION.items():
-        (field, _), = grid.items()
+    for name, grid in _selected(scale).items():
+        (key, _), = grid.items()
         best = None
-        for c in selection_configs(base, quick):
+        for c in selection_configs(base, quick, scale):
             if c.extra.get("variant") != name:
                 continue
             r = store.get(c.to_dict())
@@ -109,9 +156,9 @@ def select(store: ResultStore, base: Config, quick: bool = False) -> dict[str, d
                 continue
             acc = lookup(r, "metrics.val_acc")
             if acc is not None and (best is None or acc > best[0]):
-                best = (acc, getattr(c, field))
+                best = (acc, getattr(c, key))
         if best is not None:
-            chosen[name] = {field: best[1], "val_acc": best[0]}
+            chosen[name] = {key: best[1], "val_acc": best[0]}
     return chosen
 
 
@@ -119,24 +166,27 @@ def _apply(chosen: dict, name: str) -> dict:
     return {k: v for k, v in chosen.get(name, {}).items() if k != "val_acc"}
 
 
-def distillation_configs(base: Config, chosen: dict, quick: bool = False) -> list[Config]:
+def distillation_configs(base: Config, chosen: dict, quick: bool = False, scale: str | Scale = "gpu") -> list[Config]:
+    scale = _scale(scale)
     out = []
-    for per_class in PER_CLASS:
-        for name, (method, changes) in DISTILLATION.items():
+    for per_class in scale.per_class:
+        for name in scale.variants:
+            method, changes = DISTILLATION[name]
             for seed in SEEDS:
                 out.append(_variant(base, name, "distillation", method=method, per_class=per_class, seed=seed,
                                     **changes, **_apply(chosen, name)))
     return _maybe_quick(out, quick)
 
 
-def _transfer_base(base: Config) -> Config:
-    return base.replace(teacher_classes=(0, 1, 2, 3, 4), classes=(5, 6, 7, 8, 9))
+def _transfer_base(base: Config, scale: str | Scale = "gpu") -> Config:
+    return base.replace(teacher_classes=(0, 1, 2, 3, 4), classes=(5, 6, 7, 8, 9), **_scale(scale).transfer_teacher)
 
 
-def transfer_configs(base: Config, chosen: dict, quick: bool = False) -> list[Config]:
+def transfer_configs(base: Config, chosen: dict, quick: bool = False, scale: str | Scale = "gpu") -> list[Config]:
+    scale = _scale(scale)
     out = []
-    tb = _transfer_base(base)
-    for per_class in TRANSFER_PER_CLASS:
+    tb = _transfer_base(base, scale)
+    for per_class in scale.transfer_per_class:
         for name, (method, init) in TRANSFER.items():
             extra = _apply(chosen, "at+jacobian") if method == "at+jacobian" else {}
             for seed in SEEDS:
@@ -146,14 +196,15 @@ def transfer_configs(base: Config, chosen: dict, quick: bool = False) -> list[Co
 
 
 def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[str] = PARTS, quick: bool = False,
-              device="auto", progress: bool = True, base: Config | None = None) -> dict:
+              device="auto", progress: bool = True, base: Config | None = None, scale: str | Scale = "gpu") -> dict:
     """Run the parts in order (skipping finished runs) and return wall times by part (seconds)."""
+    scale = _scale(scale)
     parts = list(parts)
     for p in parts:
         if p not in PARTS:
             raise ValueError(f"unknown part {p!r}; valid parts: {', '.join(PARTS)}")
     store = ResultStore(store)
-    base = base or base_config(dataset)
+    base = base or base_config(dataset, scale)
     times: dict[str, float] = {}
 
     def batch(name, configs):
@@ -167,7 +218,7 @@ def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[st
             run(c, store=store, device=device, progress=progress)
         times[name] = time.perf_counter() - t0
 
-    for label, conf in (("teacher", base), ("transfer teacher", _transfer_base(base))):
+    for label, conf in (("teacher", base), ("transfer teacher", _transfer_base(base, scale))):
         if label == "transfer teacher" and "transfer" not in parts:
             continue
         t0 = time.perf_counter()
@@ -177,13 +228,13 @@ def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[st
         print(f"{label}: test accuracy {100 * info['metrics']['test_acc']:.2f}% "
               f"(trained in {info['wall_time_s']:.0f} s on {info['device']})", flush=True)
     if "select" in parts:
-        batch("select", selection_configs(base, quick))
-    chosen = select(store, base, quick)
+        batch("select", selection_configs(base, quick, scale))
+    chosen = select(store, base, quick, scale)
     if chosen:
         print("chosen on the validation split: " +
               "; ".join(f"{k}: {_apply(chosen, k)}" for k in chosen), flush=True)
     if "distillation" in parts:
-        batch("distillation", distillation_configs(base, chosen, quick))
+        batch("distillation", distillation_configs(base, chosen, quick, scale))
     if "transfer" in parts:
-        batch("transfer", transfer_configs(base, chosen, quick))
+        batch("transfer", transfer_configs(base, chosen, quick, scale))
     return times

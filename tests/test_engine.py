@@ -258,7 +258,7 @@ def test_teacher_identity_depends_on_the_teachers_settings_only():
     key = config_hash(base.teacher_config().to_dict())
     student_changes = dict(batch_size=7, lr=0.3, schedule="step", augment=False, weight_decay=0.0, epochs=3,
                            steps=None, seed=4, method="kd", per_class=1, student_width=6, label_smoothing=0.1,
-                           train_sigma=0.2, temperature=2.0, jacobian_weight=10.0)
+                           train_sigma=0.2, temperature=2.0, jacobian_weight=10.0, n_test=50)
     for name, value in student_changes.items():
         assert config_hash(base.replace(**{name: value}).teacher_config().to_dict()) == key, name
     teacher_changes = dict(teacher_batch_size=64, teacher_lr=0.1, teacher_schedule="step", teacher_augment=False,

@@ -74,3 +74,44 @@ def test_report_refuses_empty(tmp_path):
         write_report([], tmp_path)
     with pytest.raises(FileNotFoundError):
         write_report(tmp_path / "missing.jsonl", tmp_path)
+
+
+def _remake_commands():
+    """The train-teacher commands of jkt_lab/teachers/remake.sh, as parsed Configs by --ship name."""
+    import shlex
+    from pathlib import Path
+    from jkt_lab import pretrained
+    text = (pretrained.TEACHERS_DIR / "remake.sh").read_text()
+    common = shlex.split(text.split("common=(", 1)[1].split(")", 1)[0])
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("$JKT train-teacher"):
+            argv = ["train-teacher"] + [common_arg for common_arg in common] + shlex.split(line)[3:]
+            args = cli.build_parser().parse_args(argv)
+            out[args.ship] = cli._config_from_args(args)
+    return out
+
+
+def test_cpu_scale_asks_for_the_shipped_teachers():
+    made = _remake_commands()
+    assert set(made) == {"cifar10", "cifar10-noise", "cifar10-source"}
+    base = rp.base_config("cifar10", "cpu")
+    assert base.teacher_config() == made["cifar10"].teacher_config()
+    assert rp._transfer_base(base, "cpu").teacher_config() == made["cifar10-source"].teacher_config()
+    assert made["cifar10-noise"].teacher_config().train_sigma == 0.1
+
+
+def test_cpu_scale_grid():
+    base = rp.base_config("cifar10", "cpu")
+    configs = rp.distillation_configs(base, {}, scale="cpu")
+    scale = rp.SCALES["cpu"]
+    assert {c.per_class for c in configs} == {1, 5, 10, 50, 100, 500}
+    assert {c.extra["variant"] for c in configs} == {"ce", "kd", "kd+jacobian", "kd+jacobian (squared)", "noise"}
+    assert len(configs) == len(scale.per_class) * len(scale.variants) * len(rp.SEEDS)
+    assert len({(c.steps, c.student, c.student_width, c.batch_size) for c in configs}) == 1  # same budget for all
+    assert {c.extra["variant"] for c in rp.selection_configs(base, scale="cpu")} == \
+        {"kd", "kd+jacobian", "kd+jacobian (squared)", "noise", "at+jacobian"}
+    transfer = rp.transfer_configs(base, {}, scale="cpu")
+    assert {c.teacher_width for c in transfer} == {24} and {c.per_class for c in transfer} == {5, 10, 50}
+    with pytest.raises(ValueError, match="scale must be one of gpu, cpu"):
+        rp.base_config("cifar10", "tpu")
