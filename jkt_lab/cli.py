@@ -52,7 +52,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             continue
         kind = _field_type(f)
         default = f.default if f.default is not dataclasses.MISSING else None
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
+        flags = [f"--{f.name.replace('_', '-')}"] + (["--path"] if f.name == "data_path" else [])
+        group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
                            type=lambda text, k=kind: _parse_value(k, text), metavar=getattr(kind, "__name__", "V").upper(),
                            help=f"default: {default}")
 

@@ -27,8 +27,8 @@ from .results import ResultStore, config_hash, make_record
 from .saliency import saliency_cosine
 from .train import Result, evaluate, fit, resolve_device, robustness
 
-__all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
-           "load_spec", "quick_config", "NOISE_SIGMAS"]
+__all__ = ["runs_dir", "resolve_data", "load_data", "get_teacher", "build_student", "run", "trained_student",
+           "expand_grid", "sweep", "load_spec", "quick_config", "NOISE_SIGMAS"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
 
@@ -38,12 +38,38 @@ def runs_dir() -> Path:
     return Path(os.environ.get("JKT_LAB_RUNS", Path.home() / ".cache" / "jkt_lab" / "runs")).expanduser()
 
 
+def resolve_data(config: Config, base: str | Path | None = None) -> Config:
+    """``config`` with its ``data_path`` made absolute (a relative one is taken from ``base``,
+    default the working directory) and ``data_fingerprint`` set to the content fingerprint of the
+    data there (:func:`jkt_lab.data.fingerprint`), so the run's key, its record and its teacher's
+    key all name the data. A config that already carries a fingerprint must match the data now at
+    the path: changed data is an error, never a silent run on other data. Without ``data_path``:
+    ``config`` itself."""
+    if config.data_path is None:
+        return config
+    path = Path(config.data_path).expanduser()
+    if not path.is_absolute():
+        path = Path(base or Path.cwd()) / path
+    path = path.resolve()
+    if not path.exists():
+        raise data_mod.DataNotFoundError(f"data_path {path} does not exist (dataset {config.dataset!r}, "
+                                         f"data_path={config.data_path!r})")
+    found = data_mod.fingerprint(path)
+    if config.data_fingerprint not in (None, found):
+        raise ValueError(f"the data at data_path {path} changed: its fingerprint is now {found}, the config was "
+                         f"made for {config.data_fingerprint}; to run on the data as it is now, leave "
+                         f"data_fingerprint unset (--data-fingerprint none)")
+    return config.replace(data_path=str(path), data_fingerprint=found)
+
+
 def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_class: int | None = None,
               seed: int | None = None) -> data_mod.Data:
-    """The dataset of ``config``: validation split fixed (seed 0), classes selected, then the
+    """The dataset of ``config`` (your own at ``data_path``, checked against ``data_fingerprint``:
+    :func:`resolve_data`): validation split fixed (seed 0), classes selected, then the
     ``per_class`` few-shot subset drawn with the run's seed."""
-    kwargs = {k: getattr(config, k) for k in ("n_train", "n_test") if getattr(config, k) is not None}
-    data = data_mod.load(config.dataset, seed=0, **kwargs)
+    config = resolve_data(config)
+    kwargs = {k: getattr(config, k) for k in ("n_train", "n_test", "image_size") if getattr(config, k) is not None}
+    data = data_mod.load(config.dataset, path=config.data_path, seed=0, **kwargs)
     if classes:
         data = data.select_classes(list(classes))
     if per_class is not None:
@@ -64,7 +90,7 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
 
     Returns ``(teacher, info)`` where ``info`` holds the teacher's config, metrics and wall time.
     """
-    tconf = config.teacher_config()
+    tconf = resolve_data(config).teacher_config()
     key = config_hash(tconf.to_dict())
     folder = (root or runs_dir()) / "teachers"
     weights, meta = folder / f"{key}.pt", folder / f"{key}.json"
@@ -132,6 +158,7 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     if not isinstance(config, Config):
         raise TypeError(f"config must be a jkt_lab.Config, got {type(config).__name__}")
     method = get_method(config.method)
+    config = resolve_data(config)
     if isinstance(store, (str, Path)):
         store = ResultStore(store)
     if store is not None and skip_done and store.done(config.to_dict()):
@@ -178,6 +205,7 @@ def trained_student(config: Config, *, store: ResultStore | str | Path | None = 
                     progress: bool = True) -> tuple[nn.Module, dict]:
     """The trained student of ``config`` and its record: loaded from the runs directory when this
     config was run before (and its record is in ``store``, if given), else trained now."""
+    config = resolve_data(config)
     key = config_hash(config.to_dict())
     weights, meta = runs_dir() / "students" / f"{key}.pt", runs_dir() / "students" / f"{key}.json"
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
@@ -225,7 +253,7 @@ def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device=
     prints one line per run, ``progress`` shows progress bars."""
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
     records = []
-    configs = list(configs)
+    configs = [resolve_data(c) for c in configs]  # every data path checked before the first run
     for i, config in enumerate(configs):
         done = store.done(config.to_dict())
         if verbose:
@@ -241,7 +269,8 @@ def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device=
 
 def load_spec(path: str | Path) -> list[Config]:
     """Read a sweep spec (YAML or TOML): ``base`` (Config fields) and ``grid`` (field -> values),
-    or a list of such blocks under ``sweeps``. Returns the configs."""
+    or a list of such blocks under ``sweeps``. Returns the configs. A relative ``data_path`` (in
+    ``base`` or ``grid``) is taken from the spec file's folder."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
@@ -257,8 +286,17 @@ def load_spec(path: str | Path) -> list[Config]:
     blocks = spec.get("sweeps", [spec]) if isinstance(spec, dict) else None
     if not blocks:
         raise ValueError(f"{path}: expected a mapping with 'base' and 'grid' (or a list under 'sweeps')")
+    folder = path.resolve().parent
+
+    def from_spec(p):
+        return str(folder / Path(p).expanduser()) if isinstance(p, str) else p
+
     configs: list[Config] = []
     for block in blocks:
-        base = Config.from_dict(dict(block.get("base", {})))
-        configs += expand_grid(base, block.get("grid", {}))
+        base, grid = dict(block.get("base", {})), dict(block.get("grid", {}))
+        if "data_path" in base:
+            base["data_path"] = from_spec(base["data_path"])
+        if isinstance(grid.get("data_path"), list):
+            grid["data_path"] = [from_spec(p) for p in grid["data_path"]]
+        configs += expand_grid(Config.from_dict(base), grid)
     return configs

@@ -4,20 +4,23 @@ Two kinds of caller need them:
 
 * training (Section 3 of the paper): the Jacobian of *one chosen output* per example (or a
   few), for the student with ``create_graph=True`` so that a loss on it trains the student, and
-  for the teacher without a graph. Computed with ``torch.autograd.grad`` so that BatchNorm in
-  train mode works. :func:`output_jacobian` takes the outputs already computed by the forward
-  pass, so the forward pass is not repeated.
+  for the teacher without a graph. Computed with ``torch.autograd.grad`` of the summed batch
+  on the outputs of :func:`jacobian_forward`, which makes row ``i`` example ``i``'s own
+  derivative even with BatchNorm in train mode (see there).
 * analysis: the exact full Jacobian of every output, :func:`input_jacobian`, through
   ``torch.func`` (one forward pass, ``vmap`` over vector-Jacobian products, chunked).
 
 Which output is matched is a choice (Section 3, "which output to match"): ``"top1"`` (the
-teacher's most likely class), ``"label"`` (the true class), ``"random"`` (a random projection
-``v^T J`` with ``v ~ N(0, I)``: ``E ||v^T (J_T - J_S)||^2 = ||J_T - J_S||_F^2``, an unbiased
-estimate of the all-outputs distance at the cost of one output), ``"all"`` (every output), or
-an explicit index tensor with one output per example.
+teacher's most likely class), ``"label"`` (the true class), ``"random"`` (random projections
+``v^T J``: with ``z ~ N(0, I)``, ``E ||z^T (J_T - J_S)||^2 = ||J_T - J_S||_F^2``, an unbiased
+estimate of the all-outputs distance at the cost of one output; ``m`` projections are scaled by
+``1/sqrt(m)`` so that the summed squared distance is the *mean* of ``m`` such estimates),
+``"all"`` (every output), or an explicit index tensor with one output per example.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -25,7 +28,8 @@ from torch import nn
 
 from ._checks import check_batch, check_choice, check_index, check_int, check_labels
 
-__all__ = ["OUTPUT_CHOICES", "projections", "output_jacobian", "matched_jacobians", "jacobian", "input_jacobian"]
+__all__ = ["OUTPUT_CHOICES", "projections", "jacobian_forward", "batch_coupled_modules", "output_jacobian",
+           "matched_jacobians", "jacobian", "input_jacobian"]
 
 OUTPUT_CHOICES = ("top1", "label", "random", "all")
 Output = Literal["top1", "label", "random", "all"] | torch.Tensor
@@ -46,8 +50,11 @@ def projections(
     for ``"top1"``, ``"label"`` and an index tensor, ``num_projections`` for ``"random"`` and
     ``outputs`` for ``"all"``. ``reference`` is the logits that decide the top-1 class (pass the
     teacher's logits so teacher and student match the same output); it defaults to ``logits``.
-    Random projections are drawn from ``generator`` on the CPU, so a seed gives the same ``v``
-    on every device.
+    Random projections are ``v_j = z_j / sqrt(m)`` with ``z_j ~ N(0, I)`` drawn from
+    ``generator`` on the CPU (a seed gives the same ``v`` on every device): the squared distance
+    summed over the ``m`` rows (what ``jacobian_loss(kind="squared")`` computes) is then the mean
+    of ``m`` unbiased estimates of ``||J_T - J_S||_F^2``, unbiased for every ``m``. The
+    normalised kinds are invariant to the scale of each row.
     """
     check_batch(logits, "logits", min_dim=2, finite=False)
     if logits.dim() != 2:
@@ -75,9 +82,118 @@ def projections(
         return nn.functional.one_hot(index.to(logits.device), k).to(logits.dtype).unsqueeze(1)
     if output == "random":
         m = check_int(num_projections, "num_projections", minimum=1)
-        v = torch.randn(batch, m, k, generator=generator, dtype=logits.dtype)
+        v = torch.randn(batch, m, k, generator=generator, dtype=logits.dtype) / m ** 0.5
         return v.to(logits.device)
     return torch.eye(k, **eye_kwargs).expand(batch, k, k)
+
+
+def batch_coupled_modules(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm modules of ``model`` that normalise with the statistics of the current batch
+    (train mode, or no running statistics): through them every example's output depends on
+    every other example of the batch."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)]
+
+
+def _dims(inp: torch.Tensor) -> list[int]:
+    return [0, *range(2, inp.dim())]
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _channel_view(t: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, *([1] * (inp.dim() - 2)))
+
+
+@contextmanager
+def _recording_batch_statistics(modules, store: dict):
+    """Record, for each call of each module in ``modules``, the batch mean and (biased) variance
+    of its input (at least in float32), as functions of the weights (not detached)."""
+    def record(module, args):
+        var, mean = torch.var_mean(_at_least_float32(args[0]), dim=_dims(args[0]), correction=0)
+        store.setdefault(module, []).append((mean, var))
+
+    handles = [m.register_forward_pre_hook(record) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _holding_batch_statistics(store: dict):
+    """Inside, each recorded BatchNorm normalises with the statistics recorded for it (as
+    constants with respect to its input) and does not touch its running statistics."""
+    def held(module, calls):
+        def forward(inp):
+            mean, var = next(calls)
+            if inp.dim() < 2 or inp.shape[1] != mean.numel():
+                raise RuntimeError(f"BatchNorm {module!r} got an input of shape {tuple(inp.shape)} in the Jacobian "
+                                   "pass that does not match the training pass")
+            y = (_at_least_float32(inp) - _channel_view(mean, inp)) * _channel_view(torch.rsqrt(var + module.eps), inp)
+            if module.affine:
+                y = y * _channel_view(module.weight, inp) + _channel_view(module.bias, inp)
+            return y.to(inp.dtype)
+        return forward
+
+    for module, recorded in store.items():
+        module.forward = held(module, iter(recorded))
+    try:
+        yield
+    finally:
+        for module in store:
+            del module.forward
+
+
+def jacobian_forward(model: nn.Module, x: torch.Tensor, fn: Callable | None = None):
+    """Run ``fn`` (default: ``model``) on ``x`` for training and for per-example input Jacobians.
+
+    Returns ``(outputs, jacobian_outputs, xg)``: ``outputs`` are the ordinary forward pass (the
+    one cross-entropy and distillation train through), ``jacobian_outputs`` were computed from
+    the leaf ``xg`` (``x`` itself when it is a leaf that requires grad, else a detached copy)
+    such that ``autograd.grad`` of their batch sum gives, in row ``i``, example ``i``'s own
+    derivative ``d output_i / d x_i``.
+
+    Without batch-coupled modules (see :func:`batch_coupled_modules`: eval mode, no BatchNorm)
+    this is one forward pass on ``xg`` and both outputs are the same tensor. With BatchNorm in
+    train mode, the gradient of the summed batch would mix every example into every row through
+    the batch statistics, so the network runs twice: once ordinarily on ``x`` (which updates the
+    running statistics, once), recording each BatchNorm's batch mean and variance; then on
+    ``xg`` with each BatchNorm normalising by the recorded statistics, held constant with respect
+    to the input, without touching its running statistics. The two passes agree in value.
+
+    Definition (the Jacobian matched in training): ``J_i = d/dx_i f(x_i; theta, mu(theta),
+    var(theta))``, with the batch statistics ``mu, var`` the batch's, treated as constants with
+    respect to the input but as the functions of the weights they are, so the weight gradient of
+    a loss on ``J`` is exact for this definition (it flows through the statistics, as the
+    ordinary train-mode gradient does). Why this and not the alternatives: it is what the
+    network computes for example ``i`` in this batch, it costs one extra forward pass (the
+    benchmarks measure it, ``benchmarks/README.md``), keeps the training forward pass ordinary
+    (detaching the statistics there costs accuracy), and works with ``create_graph=True`` on
+    any model; the diagonal block of the batch Jacobian would add each example's own
+    O(1/batch) share of the statistics, and ``torch.func`` per-example Jacobians need the
+    same held statistics passed in and a ``vmap`` of double-backward, slower on the CPU.
+    Dropout in train mode draws different masks in the two passes.
+    """
+    check_batch(x, "x")
+    fn = model if fn is None else fn
+    xg = x if (x.is_leaf and x.requires_grad) else x.detach().requires_grad_(True)
+    coupled = batch_coupled_modules(model)
+    with torch.enable_grad():
+        if not coupled:
+            out = fn(xg)
+            return out, out, xg
+        store: dict = {}
+        with _recording_batch_statistics(coupled, store):
+            out = fn(x.detach())
+        with _holding_batch_statistics(store):
+            jac_out = fn(xg)
+    return out, jac_out, xg
 
 
 def output_jacobian(
@@ -88,9 +204,9 @@ def output_jacobian(
     ``outputs`` (batch, k) must have been computed from ``x`` (which requires grad); ``v`` is
     ``(batch, m, k)`` as returned by :func:`projections`. With ``create_graph=True`` the result
     is differentiable (use it for the student); without, it is detached (the teacher). Each row
-    is one ``autograd.grad`` call of the summed batch, which is exact per example when examples
-    do not interact (eval mode) and is the usual training-time estimate with BatchNorm in
-    train mode.
+    is one ``autograd.grad`` call of the summed batch, which is example ``i``'s own Jacobian in
+    row ``i`` only when examples do not interact: take ``outputs`` from
+    :func:`jacobian_forward` (BatchNorm in train mode couples the examples of a batch).
     """
     if not isinstance(x, torch.Tensor) or not x.requires_grad:
         raise ValueError("x must be a tensor that requires grad and from which outputs were computed")
@@ -122,21 +238,25 @@ def matched_jacobians(
     labels: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     create_graph: bool = False,
+    num_projections: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Student and teacher Jacobians of the same outputs, chosen by the teacher (Section 3).
 
-    Returns ``(student_jac, teacher_jac, student_logits, teacher_logits)``. The teacher's
-    Jacobian is computed without a graph (a constant target); ``create_graph=True`` makes the
-    student's differentiable, for training. The teacher's logits are detached.
+    Returns ``(student_jac, teacher_jac, student_logits, teacher_logits)``. Row ``i`` of each
+    Jacobian is example ``i``'s own, also in train mode (:func:`jacobian_forward`); the
+    student's logits are its ordinary forward pass. The teacher's Jacobian is computed without a
+    graph (a constant target); ``create_graph=True`` makes the student's differentiable, for
+    training. The teacher's logits are detached.
     """
+    check_batch(x, "x")
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        t_logits = teacher(xg)
-        v = projections(t_logits.detach(), output, labels=labels, generator=generator)
-        j_t = output_jacobian(t_logits, xg, v)
-        s_logits = student(xg)
-        j_s = output_jacobian(s_logits, xg, v, create_graph=create_graph)
-    return j_s, j_t, (s_logits if create_graph else s_logits.detach()), t_logits.detach()
+        _, t_out, _ = jacobian_forward(teacher, xg)
+        v = projections(t_out.detach(), output, labels=labels, generator=generator, num_projections=num_projections)
+        j_t = output_jacobian(t_out, xg, v)
+        s_logits, s_out, _ = jacobian_forward(student, xg)
+        j_s = output_jacobian(s_out, xg, v, create_graph=create_graph)
+    return j_s, j_t, (s_logits if create_graph else s_logits.detach()), t_out.detach()
 
 
 def jacobian(
@@ -152,18 +272,17 @@ def jacobian(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` on ``x`` and return ``(jac, logits)`` for the chosen output.
 
-    ``jac`` has shape ``(batch, m, *x.shape[1:])`` (see :func:`projections` for ``m``). A
-    convenience for analysis and tests; training code calls :func:`projections` and
-    :func:`output_jacobian` on a forward pass it already has.
+    ``jac`` has shape ``(batch, m, *x.shape[1:])`` (see :func:`projections` for ``m``); row
+    ``i`` is example ``i``'s own Jacobian, also in train mode (:func:`jacobian_forward`). A
+    convenience for analysis and tests; training code calls :func:`matched_jacobians`.
     """
     check_batch(x, "x")
-    xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(xg)
+        logits, out, xg = jacobian_forward(model, x)
         gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-        v = projections(logits, output, labels=labels, reference=reference, generator=gen,
+        v = projections(out, output, labels=labels, reference=reference, generator=gen,
                         num_projections=num_projections)
-        jac = output_jacobian(logits, xg, v, create_graph=create_graph)
+        jac = output_jacobian(out, xg, v, create_graph=create_graph)
     return jac, (logits if create_graph else logits.detach())
 
 

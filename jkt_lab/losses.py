@@ -14,6 +14,7 @@ from torch import nn
 from ._checks import (
     check_batch,
     check_choice,
+    check_index,
     check_int,
     check_labels,
     check_nonnegative,
@@ -23,12 +24,14 @@ from ._checks import (
 
 __all__ = [
     "JACOBIAN_KINDS",
+    "NORM_FLOOR",
     "kd_loss",
     "activation_loss",
     "jacobian_loss",
     "noisy_distillation_loss",
     "attention_map",
     "attention_transfer_loss",
+    "attention_peaks",
     "attention_jacobians",
     "attention_jacobian_loss",
     "lwf_loss",
@@ -37,6 +40,8 @@ __all__ = [
 
 JACOBIAN_KINDS = ("squared", "normalized", "cosine")
 _EPS = 1e-12
+#: Below this fraction of the teacher's Jacobian norm, a student Jacobian counts as essentially zero.
+NORM_FLOOR = 1e-3
 
 
 def _logit_pair(student_logits, teacher_logits):
@@ -66,18 +71,31 @@ def activation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) 
     return (student_logits - teacher_logits.detach()).pow(2).sum(dim=1).mean()
 
 
+def _student_unit(s: torch.Tensor, t_norm: torch.Tensor) -> torch.Tensor:
+    """``s / max(||s||, NORM_FLOOR * ||t||)`` per row: the unit vector of ``s`` wherever ``s`` is
+    not essentially zero next to the teacher's Jacobian, a linear map below that."""
+    floor = (NORM_FLOOR * t_norm).clamp_min(_EPS)
+    return s / torch.maximum(s.norm(dim=2, keepdim=True), floor)
+
+
 def jacobian_loss(student_jac: torch.Tensor, teacher_jac: torch.Tensor, kind: str = "normalized") -> torch.Tensor:
     """Jacobian matching on ``(batch, outputs, *input_shape)`` tensors (outputs = 1 for one output).
 
-    Batch mean of the sum over outputs of, with ``J`` flattened over the input dimensions:
+    Batch mean of the sum over outputs (rows) of, with ``J`` flattened over the input dimensions:
 
     * ``"squared"``: ``||J_T - J_S||^2`` (Proposition 1; Sobolev training);
     * ``"normalized"``: ``||J_T/||J_T|| - J_S/||J_S|| ||^2 = 2 - 2 cos(J_T, J_S)`` (Section 3.2,
       the paper's loss for cross-entropy distillation);
     * ``"cosine"``: ``1 - cos(J_T, J_S)``.
 
-    A Jacobian that is all zeros is normalised to zero (not NaN), so the loss and its gradient
-    stay finite. The teacher's Jacobian is treated as a constant.
+    The normalised kinds divide the student's Jacobian by ``max(||J_S||, NORM_FLOOR * ||J_T||)``
+    (``NORM_FLOOR = 1e-3``): exactly the formulas above, invariant to the scale of ``J_S``,
+    whenever the student's Jacobian is at least 1/1000 of the teacher's; an essentially zero
+    student Jacobian (below that) is scaled linearly instead, so the loss stays finite (1 per
+    row at ``J_S = 0``) and its gradient with respect to ``J_S`` is at most
+    ``4 / (NORM_FLOOR * ||J_T||)`` per row (a plain ``1e-12`` guard gives ``2e12``).
+    The loss is invariant to rescaling teacher and student together (pixel units). An all-zero
+    teacher row normalises to zero. The teacher's Jacobian is treated as a constant.
     """
     check_batch(student_jac, "student_jac", min_dim=3)
     check_batch(teacher_jac, "teacher_jac", min_dim=3)
@@ -87,11 +105,13 @@ def jacobian_loss(student_jac: torch.Tensor, teacher_jac: torch.Tensor, kind: st
     t = teacher_jac.detach().flatten(2).to(s.dtype)
     if kind == "squared":
         per_output = (t - s).pow(2).sum(dim=2)
-    elif kind == "normalized":
-        per_output = (F.normalize(t, dim=2, eps=_EPS) - F.normalize(s, dim=2, eps=_EPS)).pow(2).sum(dim=2)
     else:
-        cos = (F.normalize(t, dim=2, eps=_EPS) * F.normalize(s, dim=2, eps=_EPS)).sum(dim=2)
-        per_output = 1.0 - cos
+        t_norm = t.norm(dim=2, keepdim=True)
+        t_unit, s_unit = t / t_norm.clamp_min(_EPS), _student_unit(s, t_norm)
+        if kind == "normalized":
+            per_output = (t_unit - s_unit).pow(2).sum(dim=2)
+        else:
+            per_output = 1.0 - (t_unit * s_unit).sum(dim=2)
     return per_output.sum(dim=1).mean()
 
 
@@ -143,13 +163,16 @@ def attention_map(features: torch.Tensor, p: float = 2.0, *, normalize: bool = T
     return F.normalize(q, dim=1, eps=_EPS) if normalize else q
 
 
+def _feature_list(features) -> list[torch.Tensor]:
+    if isinstance(features, Mapping):
+        return list(features.values())
+    if isinstance(features, torch.Tensor):
+        return [features]
+    return list(features)
+
+
 def _pairs(student_features, teacher_features):
-    if isinstance(student_features, Mapping):
-        student_features = list(student_features.values())
-    if isinstance(teacher_features, Mapping):
-        teacher_features = list(teacher_features.values())
-    if isinstance(student_features, torch.Tensor):
-        student_features, teacher_features = [student_features], [teacher_features]
+    student_features, teacher_features = _feature_list(student_features), _feature_list(teacher_features)
     if len(student_features) != len(teacher_features) or not student_features:
         raise ValueError(
             "student_features and teacher_features must pair up one to one (same non-zero number of feature maps), "
@@ -184,24 +207,36 @@ def attention_transfer_loss(student_features, teacher_features, p: float = 2.0) 
     return total
 
 
-def attention_jacobians(features: Sequence[torch.Tensor], x: torch.Tensor, p: float = 2.0,
-                        *, create_graph: bool = False) -> torch.Tensor:
-    """Jacobian of each attention map's maximum value with respect to the input (Section 4.3).
+def attention_peaks(features: Sequence[torch.Tensor], p: float = 2.0) -> list[torch.Tensor]:
+    """Position (flat index into H*W) of each attention map's maximum, one ``(batch,)`` tensor per
+    feature map: where :func:`attention_jacobian_loss` takes both networks' Jacobians."""
+    return [attention_map(f.detach(), p, normalize=False).argmax(dim=1) for f in _feature_list(features)]
 
-    ``features`` were computed from ``x`` (which requires grad). Returns
-    ``(batch, len(features), *x.shape[1:])``: one row per feature map, the gradient of
-    ``max_j Q(x)_j`` where Q is the unnormalised attention map.
+
+def attention_jacobians(features: Sequence[torch.Tensor], x: torch.Tensor, p: float = 2.0,
+                        *, create_graph: bool = False, at: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """Jacobian of attention-map values with respect to the input (Section 4.3).
+
+    ``features`` were computed from ``x`` (which requires grad), per example (BatchNorm in train
+    mode: :func:`jkt_lab.jacobian.jacobian_forward`). Returns ``(batch, len(features),
+    *x.shape[1:])``: one row per feature map, the gradient of ``Q(x)_j`` where Q is the
+    unnormalised attention map and ``j`` its maximum, or the positions ``at`` (one ``(batch,)``
+    index tensor per feature map, e.g. the teacher's :func:`attention_peaks`).
     """
-    if isinstance(features, Mapping):
-        features = list(features.values())
-    if isinstance(features, torch.Tensor):
-        features = [features]
+    features = _feature_list(features)
     if not isinstance(x, torch.Tensor) or not x.requires_grad:
         raise ValueError("x must be a tensor that requires grad and from which features were computed")
+    if at is not None and len(at) != len(features):
+        raise ValueError(f"at must hold one index tensor per feature map ({len(features)}), got {len(at)}")
     rows = []
     for i, f in enumerate(features):
-        peak = attention_map(f, p, normalize=False).max(dim=1).values.sum()
-        (g,) = torch.autograd.grad(peak, x, create_graph=create_graph,
+        q = attention_map(f, p, normalize=False)
+        if at is None:
+            value = q.max(dim=1).values
+        else:
+            index = check_index(at[i], q.shape[0], q.shape[1], f"at[{i}]")
+            value = q.gather(1, index.to(q.device).view(-1, 1)).squeeze(1)
+        (g,) = torch.autograd.grad(value.sum(), x, create_graph=create_graph,
                                    retain_graph=create_graph or i < len(features) - 1)
         rows.append(g)
     jac = torch.stack(rows, dim=1)
@@ -212,11 +247,15 @@ def attention_jacobian_loss(student_features, teacher_features, x: torch.Tensor,
     """The paper's transfer-learning term: normalised matching of attention-map Jacobians.
 
     ``student_features`` and ``teacher_features`` must both have been computed from ``x``
-    (requiring grad). Uses :func:`attention_jacobians` and ``jacobian_loss(kind="normalized")``.
+    (requiring grad), per example. Both Jacobians are taken at the position of the *teacher's*
+    attention maximum (the teacher chooses what is matched, as for output Jacobians), after
+    pooling each pair to a common size; then ``jacobian_loss(kind="normalized")``.
     """
     pairs = _pairs(student_features, teacher_features)
-    s_jac = attention_jacobians([s for s, _ in pairs], x, p, create_graph=True)
-    t_jac = attention_jacobians([t for _, t in pairs], x, p, create_graph=False)
+    t_feats = [t for _, t in pairs]
+    peaks = attention_peaks(t_feats, p)
+    s_jac = attention_jacobians([s for s, _ in pairs], x, p, create_graph=True, at=peaks)
+    t_jac = attention_jacobians(t_feats, x, p, create_graph=False, at=peaks)
     return jacobian_loss(s_jac, t_jac, "normalized")
 
 
@@ -225,13 +264,17 @@ def lwf_loss(
     labels: torch.Tensor,
     old_logits: torch.Tensor,
     teacher_old_logits: torch.Tensor,
-    temperature: float = 2.0,
+    *,
+    temperature: float,
     lwf_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Learning without Forgetting (Li & Hoiem): cross-entropy on the new task's labels plus
     distillation of the old head's outputs, recorded before training, on the new data.
 
     Returns the named terms ``{"ce": ..., "lwf": lwf_weight * kd}``; their sum is the loss.
+    ``temperature`` has no default: its one source is ``Config.temperature``, which the ``lwf``
+    method passes (default 4, the value the package's transfer experiments use, the same as for
+    kd; Li & Hoiem used 2: set ``temperature=2`` in the config to follow them).
     """
     check_batch(new_logits, "new_logits")
     check_labels(labels, new_logits.shape[0], new_logits.shape[1], "labels")

@@ -2,12 +2,15 @@
 
 Each method's :meth:`Method.loss` takes a batch and returns ``(student_logits, terms)``, where
 ``terms`` maps a name (``"ce"``, ``"kd"``, ``"jacobian"``, ...) to a weighted scalar; the
-training loss is their sum. The teacher stays in eval mode and is never updated.
+training loss is their sum. The teacher stays in eval mode and is never updated. Jacobian
+terms use each example's own Jacobian, also with BatchNorm in train mode
+(:func:`~jkt_lab.jacobian.jacobian_forward`: batch statistics held constant in a second pass;
+the logits that ce and kd train through come from the ordinary forward pass).
 
 ==================  ==============================================================  =======
 name                terms                                                           paper
 ==================  ==============================================================  =======
-ce                  cross-entropy on labels (the student alone)                     Tab. 1
+ce                  ce_weight * cross-entropy on labels (the student alone)         Tab. 1
 kd                  ce + Hinton distillation at ``temperature``                     Sec. 5
 activations         ce + squared error of logits (activation matching)              Eq. 1
 kd+jacobian         ce + kd + jacobian_weight * Jacobian matching                   Sec. 3.2
@@ -16,6 +19,7 @@ noise               ce + distillation on noisy copies x + sigma z               
 at                  ce + attention transfer (Zagoruyko & Komodakis)                 Sec. 4.3
 at+jacobian         ce + at + jacobian_weight * attention-map Jacobian matching     Sec. 4.3
 lwf                 ce on the new head + distillation of the old head (Li & Hoiem)  Sec. 4.3
+                    at ``temperature`` (one source: Config.temperature, default 4)
 ==================  ==============================================================  =======
 """
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 
 from . import losses
 from .config import Config
-from .jacobian import matched_jacobians
+from .jacobian import jacobian_forward, matched_jacobians
 
 __all__ = ["METHODS", "Method", "register", "get_method", "make_method"]
 
@@ -98,9 +102,14 @@ def _num_outputs(model: nn.Module) -> int | None:
 class CrossEntropy(Method):
     needs_teacher = False
 
+    def __init__(self, student, teacher, config):
+        super().__init__(student, teacher, config)
+        if not config.ce_weight:
+            raise ValueError("method 'ce' with ce_weight=0 has no loss term to train; set ce_weight > 0")
+
     def terms(self, x, y, step):
         logits = self.student(x)
-        return logits, {"ce": F.cross_entropy(logits, y)}
+        return logits, self._ce(logits, y)
 
 
 class _KDTerm:
@@ -187,6 +196,15 @@ class _Attention(Method):
         _, t_feats = self.teacher.forward_features(x)
         return logits, [s_feats[k] for k in self.s_taps], [t_feats[k] for k in self.t_taps]
 
+    def jacobian_features(self, x):
+        """Like :meth:`features`, plus each network's tapped features from a per-example forward
+        pass (:func:`~jkt_lab.jacobian.jacobian_forward`) on the returned leaf ``xg``."""
+        xg = x.detach().requires_grad_(True)
+        (logits, s_feats), (_, s_jac_feats), _ = jacobian_forward(self.student, xg, self.student.forward_features)
+        _, (_, t_feats), _ = jacobian_forward(self.teacher, xg, self.teacher.forward_features)
+        return (logits, [s_feats[k] for k in self.s_taps], [s_jac_feats[k] for k in self.s_taps],
+                [t_feats[k] for k in self.t_taps], xg)
+
 
 @register("at")
 class AttentionTransfer(_Attention):
@@ -201,11 +219,10 @@ class AttentionTransfer(_Attention):
 class AttentionJacobian(_Attention):
     def terms(self, x, y, step):
         c = self.config
-        xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits, s_f, t_f = self.features(xg)
+            logits, s_f, s_jf, t_f, xg = self.jacobian_features(x)
             at = losses.attention_transfer_loss(s_f, [t.detach() for t in t_f], c.attention_p)
-            jac = losses.attention_jacobian_loss(s_f, t_f, xg, c.attention_p)
+            jac = losses.attention_jacobian_loss(s_jf, t_f, xg, c.attention_p)
         return logits, {**self._ce(logits, y), "at": c.attention_weight * at, "jacobian": c.jacobian_weight * jac}
 
 

@@ -23,6 +23,7 @@ from ._checks import check_batch, check_labels, check_nonnegative, check_int
 from .config import Config
 from .data import Batches, Data, add_noise
 from .methods import get_method, make_method
+from .saliency import saliency_cosine
 
 __all__ = ["Result", "fit", "evaluate", "robustness", "resolve_device", "NonFiniteLossError",
            "CheckpointError", "save_checkpoint", "load_checkpoint"]
@@ -143,6 +144,18 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return state
 
 
+JACOBIAN_PROBE = 64  # validation images on which each history row measures the Jacobian cosine
+
+
+def _jacobian_cosines(student: nn.Module, teacher: nn.Module, x_train: torch.Tensor, x_val: torch.Tensor) -> dict:
+    """Teacher-student cosine of top-1 Jacobians (eval mode), on the last training batch and on
+    a fixed validation probe: ``jacobian_cosine/train`` and ``jacobian_cosine/val``."""
+    out = {"jacobian_cosine/train": saliency_cosine(student, teacher, x_train.detach())}
+    if x_val.shape[0]:
+        out["jacobian_cosine/val"] = saliency_cosine(student, teacher, x_val)
+    return out
+
+
 def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | None = None,
         config: Config | None = None, device: str | torch.device | None = "auto",
         checkpoint: str | Path | None = None, checkpoint_every: int = 1, progress: bool = True,
@@ -153,7 +166,10 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     ``steps`` budget, optional bf16 autocast on CUDA (``amp``). Returns a :class:`Result` whose
     history holds one row every ``eval_every`` epochs (default: about 20 rows a run) with the
     mean of every loss term and the training accuracy since the previous row, and the
-    validation accuracy; ``callback`` receives each row as it is made (live plots). With
+    validation accuracy; with a teacher of the same outputs, also the teacher-student cosine of
+    top-1 Jacobians (eval mode) on the last training batch and on the first
+    :data:`JACOBIAN_PROBE` validation images (``jacobian_cosine/train``, ``jacobian_cosine/val``).
+    ``callback`` receives each row as it is made (live plots). With
     ``checkpoint``, the state is saved every ``checkpoint_every`` rows (and at the end), and an
     existing checkpoint of the same config is resumed.
     """
@@ -198,6 +214,7 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
         history = list(state["history"])
 
     every = config.eval_every or max(1, n_epochs // 20)
+    probe_cosine = teacher is not None and runner.matches_logits
     sums: dict[str, float] = {}
     correct = seen = 0
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"{method} on {data.name}",
@@ -243,6 +260,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
             sums, correct, seen = {}, 0, 0
             if data.x_val.shape[0]:
                 row["val_acc"] = evaluate(student, data.x_val, data.y_val)["acc"]
+            if probe_cosine:
+                row.update(_jacobian_cosines(student, teacher, x, data.x_val[:JACOBIAN_PROBE]))
             history.append(row)
             if callback is not None:
                 callback(row)

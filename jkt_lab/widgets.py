@@ -313,7 +313,7 @@ def saliency_panel(models: Mapping[str, torch.nn.Module], data, **defaults) -> S
 
 class DistillationPanel(Panel):
     METHODS = ("ce", "kd", "activations", "kd+jacobian", "activations+jacobian", "noise")
-    DATASETS = ("shapes", "digits", "cifar10")
+    DATASETS = ("shapes", "digits", "cifar10", "imagefolder", "npz")
 
     def __init__(self, store, base: Config | None = None):
         from .nbtools import committed_results, course_config
@@ -322,8 +322,10 @@ class DistillationPanel(Panel):
         b = self.base
         per_class = sorted({1, 2, 5, 10, 20, 50, b.per_class or 10})
         controls = {
-            "dataset": widgets.Dropdown(options=list(self.DATASETS), value=b.dataset, description="dataset",
-                                        style=_STYLE),
+            "dataset": widgets.Dropdown(options=list(dict.fromkeys((*self.DATASETS, b.dataset))), value=b.dataset,
+                                        description="dataset", style=_STYLE),
+            "data_path": widgets.Text(value=b.data_path or "", placeholder="your folder or .npz (imagefolder, npz)",
+                                      description="data_path", style=_STYLE),
             "method": widgets.Dropdown(options=list(self.METHODS), value=b.method, description="method",
                                        style=_STYLE),
             "jacobian_weight": widgets.FloatLogSlider(value=b.jacobian_weight, base=10, min=-2, max=2, step=0.25,
@@ -361,8 +363,11 @@ class DistillationPanel(Panel):
 
     def config(self) -> Config:
         c = {k: w.value for k, w in self.controls.items()}
+        from .data import PATH_DATASETS
+        path = (c["data_path"].strip() or None) if c["dataset"] in PATH_DATASETS else None
         changes = dict(dataset=c["dataset"], method=c["method"], jacobian_weight=c["jacobian_weight"],
-                       sigma=c["sigma"], per_class=c["per_class"], steps=c["steps"], seed=c["seed"])
+                       sigma=c["sigma"], per_class=c["per_class"], steps=c["steps"], seed=c["seed"],
+                       data_path=path)
         if c["dataset"] != self.base.dataset:  # n_train/n_test size the generated shapes only
             changes.update(n_train=None, n_test=None)
         return self.base.replace(**changes)
@@ -415,7 +420,9 @@ class DistillationPanel(Panel):
 def distillation_panel(store, base: Config | None = None) -> DistillationPanel:
     """Train one student from the chosen settings (Run), with a progress bar and a live training
     curve; every run is appended to ``store`` and the table of all runs is refreshed. ``base``
-    (default :func:`jkt_lab.nbtools.course_config`) gives every setting the panel does not show."""
+    (default :func:`jkt_lab.nbtools.course_config`) gives every setting the panel does not show.
+    Your own data: choose ``imagefolder`` or ``npz`` and type its path in ``data_path`` (or pass
+    ``base=Config(dataset="npz", data_path=...)``)."""
     return DistillationPanel(store, base)
 
 

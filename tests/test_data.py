@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import jkt_lab.data as D
+import jkt_lab.data.cifar as C
 from jkt_lab.data import DATASETS, Batches, Data, DataNotFoundError, add_noise, load, make_shapes
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -35,7 +36,7 @@ def data_env(tmp_path, monkeypatch):
     monkeypatch.setenv("JKT_LAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("JKT_LAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("JKT_LAB_CIFAR10_ZIP", str(tmp_path / "no-such-cifar10-jpeg.zip"))
-    monkeypatch.setattr(D, "_warned_jpeg", False)
+    monkeypatch.setattr(C, "_warned_jpeg", False)
     return tmp_path
 
 
@@ -342,7 +343,7 @@ def test_cifar10_jpeg_zip_twice_cache_not_beside_zip(data_env, jpeg_zip, monkeyp
     def boom(*args, **kwargs):
         raise AssertionError("second load must come from the cache")
 
-    monkeypatch.setattr(D, "_decode_zip_members", boom)
+    monkeypatch.setattr(C, "_decode_zip_members", boom)
     t0 = time.perf_counter()
     again = load("cifar10-jpeg", path=jpeg_zip, val_per_class=0)
     assert time.perf_counter() - t0 < 2.0

@@ -12,7 +12,10 @@ from jkt_lab.experiments import expand_grid, load_spec, run, sweep, trained_stud
 from jkt_lab.methods import METHODS, make_method
 from jkt_lab.models import MultiHead, build_model
 from jkt_lab.results import ResultStore
-from jkt_lab.train import CheckpointError, NonFiniteLossError, evaluate, fit
+from jkt_lab.saliency import saliency_cosine
+from jkt_lab.train import JACOBIAN_PROBE, CheckpointError, NonFiniteLossError, evaluate, fit
+
+from held_reference import held_copy
 
 TINY = dict(dataset="shapes", n_train=300, n_test=100, teacher="tiny", teacher_width=8, teacher_epochs=1,
             student="tiny", student_width=4, per_class=5, steps=6, batch_size=32)
@@ -60,6 +63,65 @@ def test_every_method_gives_finite_terms_that_train_the_student(data, name):
         _, terms = method.loss(x, y, step=0)
         terms["jacobian"].backward()
         assert sum(float(p.grad.abs().sum()) for p in student.parameters() if p.grad is not None) > 0
+
+
+def test_ce_honours_ce_weight(data):
+    _, student = models(data)
+    x, y = data.x_train[:16], data.y_train[:16]
+    _, full = make_method("ce", student, None, Config(method="ce")).loss(x, y)
+    _, half = make_method("ce", student, None, Config(method="ce", ce_weight=0.5)).loss(x, y)
+    assert float(half["ce"].detach()) == pytest.approx(0.5 * float(full["ce"].detach()), rel=1e-6)
+    with pytest.raises(ValueError, match="ce_weight"):
+        make_method("ce", student, None, Config(method="ce", ce_weight=0.0))
+
+
+def test_lwf_uses_the_config_temperature(data):
+    teacher = build_model("tiny", 5, mean=data.mean, std=data.std, width=8, seed=3).eval()
+    student = MultiHead(build_model("tiny", 5, mean=data.mean, std=data.std, width=8, seed=3), 10, seed=4)
+    x, y = data.x_train[:16], data.y_train[:16]
+    for t in (2.0, 4.0):
+        _, terms = make_method("lwf", student, teacher, Config(method="lwf", temperature=t)).loss(x, y)
+        _, old_logits, _ = student.forward_heads(x)
+        expected = losses.kd_loss(old_logits, teacher(x), t)
+        assert float(terms["lwf"].detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
+
+
+def test_attention_jacobian_term_is_per_example_in_train_mode(data):
+    """at+jacobian against an independent reference: an eval-mode copy of the student that
+    normalises with the batch's statistics, one example at a time, at the teacher's peaks."""
+    teacher = build_model("tiny", 10, mean=data.mean, std=data.std, width=8, seed=0).double().eval()
+    student = build_model("tiny", 10, mean=data.mean, std=data.std, width=4, seed=1).double().train()
+    x, y = data.x_train[:6].double(), data.y_train[:6]
+    config = Config(method="at+jacobian", jacobian_weight=0.7)
+    _, terms = make_method("at+jacobian", student, teacher, config).loss(x, y)
+    ref = held_copy(student, x)
+    taps = teacher.feature_taps
+    peaks = [losses.attention_map(teacher.forward_features(x)[1][t], normalize=False).argmax(1) for t in taps]
+
+    def attention_rows(model):
+        rows = []
+        for tap, peak in zip(taps, peaks):
+            def value(xb, i):
+                return losses.attention_map(model.forward_features(xb)[1][tap], normalize=False)[0, i]
+            rows.append(torch.stack([torch.func.jacrev(value)(x[i:i + 1], peak[i])[0] for i in range(6)]))
+        return torch.stack(rows, dim=1).detach()
+
+    expected = 0.7 * losses.jacobian_loss(attention_rows(ref), attention_rows(teacher), "normalized")
+    assert float(terms["jacobian"].detach()) == pytest.approx(float(expected), rel=1e-8)
+
+
+def test_history_records_the_teacher_student_jacobian_cosine(data):
+    teacher, student = models(data)
+    config = Config(method="kd", steps=6, batch_size=32, eval_every=1)
+    result = fit(student, "kd", data, teacher=teacher, config=config, device="cpu", progress=False)
+    assert result.history
+    for row in result.history:
+        assert -1 <= row["jacobian_cosine/train"] <= 1 and -1 <= row["jacobian_cosine/val"] <= 1
+    probe = data.x_val[:JACOBIAN_PROBE]
+    assert result.history[-1]["jacobian_cosine/val"] == pytest.approx(saliency_cosine(student, teacher, probe))
+    _, alone = models(data)
+    plain = fit(alone, "ce", data, config=config.replace(method="ce"), device="cpu", progress=False)
+    assert not any(k.startswith("jacobian_cosine") for row in plain.history for k in row)
 
 
 def test_unknown_method_lists_valid_ones(data):

@@ -1,10 +1,17 @@
-"""Input Jacobians: exact against autograd.functional and finite differences; output choices."""
+"""Input Jacobians: exact against autograd.functional and finite differences; output choices;
+per-example training Jacobians under train-mode BatchNorm."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import jkt_lab as jl
+from jkt_lab.jacobian import matched_jacobians
+from jkt_lab.models import MODELS, build_model
 from jkt_lab.theory import make_mlp
+
+from held_reference import held_reference
 
 
 def smooth_cnn(seed=0, k=7):
@@ -74,16 +81,39 @@ def test_output_choices_pick_the_right_rows(x):
 
 
 def test_random_projection_is_unbiased_for_frobenius_distance():
-    """E ||v^T (J_T - J_S)||^2 = ||J_T - J_S||_F^2 for v ~ N(0, I): within 3 standard errors."""
+    """E ||z^T (J_T - J_S)||^2 = ||J_T - J_S||_F^2 for z ~ N(0, I): within 3 standard errors.
+    With n projections the rows are z_j / sqrt(n), so n times a row's squared distance is one z's."""
     teacher, student = make_mlp(6, 5, seed=1), make_mlp(6, 5, (8,), seed=2)
     x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = float(jl.jacobian_loss(jl.input_jacobian(student, x), jl.input_jacobian(teacher, x), "squared"))
     n = 4000
     j_t, logits = jl.jacobian(teacher, x, "random", seed=7, num_projections=n)
     j_s, _ = jl.jacobian(student, x, "random", seed=7, num_projections=n)
-    per_projection = (j_t - j_s).pow(2).sum(dim=2).mean(dim=0)        # (n,)
+    per_projection = n * (j_t - j_s).pow(2).sum(dim=2).mean(dim=0)    # (n,)
     mean, stderr = float(per_projection.mean()), float(per_projection.std() / n ** 0.5)
     assert abs(mean - exact) < 3 * stderr, (mean, exact, stderr)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_m_random_projections_give_the_mean_of_m_squared_distances(m):
+    """jacobian_loss("squared") of m projections is the mean (not the sum) of m unbiased estimates."""
+    teacher, student = make_mlp(6, 5, seed=1), make_mlp(6, 5, (8,), seed=2)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    diff = jl.input_jacobian(teacher, x) - jl.input_jacobian(student, x)          # (3, 5, 6)
+    exact = float(jl.jacobian_loss(diff, torch.zeros_like(diff), "squared"))
+    logits = torch.zeros(3, 5, dtype=torch.float64)
+    estimates = []
+    for seed in range(3000):
+        v = jl.projections(logits, "random", generator=torch.Generator().manual_seed(seed), num_projections=m)
+        z = torch.randn(3, m, 5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        rows = torch.einsum("bmk,bkd->bmd", v, diff)
+        estimate = float(jl.jacobian_loss(rows, torch.zeros_like(rows), "squared"))
+        mean_of_m = float(torch.einsum("bmk,bkd->bmd", z, diff).pow(2).sum(2).mean(1).mean())
+        assert estimate == pytest.approx(mean_of_m, rel=1e-12)
+        estimates.append(estimate)
+    est = torch.tensor(estimates)
+    mean, stderr = float(est.mean()), float(est.std() / len(est) ** 0.5)
+    assert abs(mean - exact) < 3 * stderr, (m, mean, exact, stderr)
 
 
 def test_student_jacobian_with_graph_in_train_mode():
@@ -113,3 +143,84 @@ def test_bad_input(call, match):
     model = smooth_cnn().float()
     with pytest.raises((ValueError, TypeError), match=match):
         call(model)
+
+
+# --------------------------------------------------------------------------- train-mode BatchNorm
+# Reference: tests/held_reference.py (an eval-mode copy with the batch's statistics, torch.func).
+
+STUDENTS = [("tiny", dict(width=4), 12), ("vgg4", dict(width=4), 12), ("vgg9", dict(width=2), 16),
+            ("wrn", dict(width=1, depth=10), 12), ("resnet18", {}, 16)]
+
+
+@pytest.mark.parametrize("name, kwargs, size", STUDENTS, ids=[s[0] for s in STUDENTS])
+def test_training_jacobian_is_each_examples_own_on_every_student_architecture(name, kwargs, size):
+    assert {s[0] for s in STUDENTS} | {"resnet34"} == set(MODELS)     # every student architecture
+    model = build_model(name, 3, seed=0, **kwargs).double().train()
+    teacher = build_model("tiny", 3, width=4, seed=5).double().eval()
+    x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = held_reference(model, x)
+    jac, logits = jl.jacobian(model, x, "all", create_graph=True)
+    assert jac.requires_grad and jac.shape == ref.shape
+    assert float((jac - ref).norm() / ref.norm()) < 1e-10
+    j_s, j_t, s_logits, _ = matched_jacobians(model, teacher, x, "top1", create_graph=True)
+    top1 = teacher(x).argmax(1)
+    assert float((j_s[:, 0] - ref[torch.arange(4), top1]).norm() / ref.norm()) < 1e-10
+    assert torch.allclose(j_t[:, 0], jl.input_jacobian(teacher, x)[torch.arange(4), top1])
+
+
+def test_training_forward_stays_ordinary_and_running_statistics_move_once():
+    model = build_model("tiny", 3, width=4, seed=0).double().train()
+    twin = copy.deepcopy(model)
+    teacher = build_model("tiny", 3, width=4, seed=5).double().eval()
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    _, _, logits, _ = matched_jacobians(model, teacher, x, "top1", create_graph=True)
+    ordinary = twin(x)                                                # one ordinary train-mode pass
+    assert torch.allclose(logits, ordinary, rtol=0, atol=1e-12)
+    for a, b in zip(model.buffers(), twin.buffers()):                 # running mean/var, batches tracked
+        assert torch.equal(a, b)
+    # cross-entropy trains through the ordinary pass, batch statistics included
+    g = torch.autograd.grad(nn.functional.cross_entropy(logits, y), list(model.parameters()))
+    h = torch.autograd.grad(nn.functional.cross_entropy(ordinary, y), list(twin.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-14) for a, b in zip(g, h))
+
+
+def smooth_bn_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Softplus(),
+                         nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(),
+                         nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).double()
+
+
+def test_jacobian_term_weight_gradient_is_exact_for_held_statistics():
+    """Autograd's weight gradient of the normalised Jacobian loss against central finite
+    differences of the same loss computed from the independent reference (float64)."""
+    student, teacher = smooth_bn_net(0).train(), smooth_bn_net(1).eval()
+    x = torch.randn(5, 2, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    top1 = teacher(x).argmax(1)
+    j_t = jl.input_jacobian(teacher, x)[torch.arange(5), top1].unsqueeze(1)
+
+    j_s, _, _, _ = matched_jacobians(student, teacher, x, "top1", create_graph=True)
+    params = list(student.parameters())
+    grads = torch.autograd.grad(jl.jacobian_loss(j_s, j_t, "normalized"), params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]   # the last bias
+
+    def reference_loss():
+        ref = held_reference(student, x)[torch.arange(5), top1].unsqueeze(1)
+        return float(jl.jacobian_loss(ref, j_t, "normalized"))
+
+    h = 1e-6
+    checked = 0
+    for p, g in zip(params, grads):
+        flat, gflat = p.data.view(-1), g.reshape(-1)
+        for i in sorted({0, flat.numel() // 2, flat.numel() - 1}):
+            old = float(flat[i])
+            flat[i] = old + h
+            up = reference_loss()
+            flat[i] = old - h
+            down = reference_loss()
+            flat[i] = old
+            fd = (up - down) / (2 * h)
+            assert float(gflat[i]) == pytest.approx(fd, rel=1e-5, abs=1e-8), (p.shape, i)
+            checked += 1
+    assert checked >= 20

@@ -33,6 +33,10 @@ def test_golden_values(fixed):
     close(jl.activation_loss(f["student_logits"], f["teacher_logits"]), "activation")
     for kind in losses.JACOBIAN_KINDS:
         close(jl.jacobian_loss(f["student_jac"], f["teacher_jac"], kind), f"jacobian_{kind}")
+    tiny = f["student_jac"].clone()
+    tiny[:, 0] *= 1e-5                      # below NORM_FLOOR of the teacher's norm: scaled linearly
+    for kind in ("normalized", "cosine"):
+        close(jl.jacobian_loss(tiny, f["teacher_jac"], kind), f"jacobian_{kind}_tiny_student")
     am = jl.attention_map(f["student_features"])
     np.testing.assert_allclose(am.numpy(), np.array(GOLDEN["attention_map_student"]), rtol=1e-12)
     close(jl.attention_transfer_loss([f["student_features"]], [f["teacher_features"]]), "attention_transfer")
@@ -75,6 +79,46 @@ def test_zero_jacobian_stays_finite_with_finite_gradients():
         assert torch.isfinite(value) and torch.isfinite(s.grad).all(), kind
         both = jl.jacobian_loss(torch.zeros(2, 1, 6), torch.zeros(2, 1, 6), kind)
         assert torch.isfinite(both), kind
+
+
+def test_zero_student_jacobian_has_a_bounded_gradient():
+    """An all-zero student Jacobian: loss 1 per row, gradient at most 4 / (NORM_FLOOR ||J_T||) per
+    row (divided by the batch for the batch mean); a 1e-12 guard gave 2e12."""
+    t = rand(3, 2, 50, seed=5)
+    bound = 4 / (losses.NORM_FLOOR * t.norm(dim=2)) / 3
+    for kind in ("normalized", "cosine"):
+        s = torch.zeros(3, 2, 50, dtype=torch.float64, requires_grad=True)
+        value = jl.jacobian_loss(s, t, kind)
+        value.backward()
+        assert float(value) == pytest.approx(2.0, rel=1e-12), kind          # 2 rows x 1
+        assert (s.grad.norm(dim=2) <= bound).all() and s.grad.norm(dim=2).max() > 0.1 * bound.min(), kind
+        # and near zero, on both sides of the floor
+        for scale in (1e-6, 1e-4, 2e-3):
+            s2 = (scale * t.norm(dim=2, keepdim=True) * rand(3, 2, 50, seed=6) / 50 ** 0.5).requires_grad_()
+            jl.jacobian_loss(s2, t, kind).backward()
+            assert torch.isfinite(s2.grad).all() and (s2.grad.norm(dim=2) <= bound).all(), (kind, scale)
+
+
+def test_normalized_scale_invariant_down_to_the_floor():
+    t = rand(4, 1, 30, seed=7)
+    s = rand(4, 1, 30, seed=8)
+    s = s / s.norm(dim=2, keepdim=True) * t.norm(dim=2, keepdim=True)      # same norm as the teacher
+    for kind in ("normalized", "cosine"):
+        base = float(jl.jacobian_loss(s, t, kind))
+        for c in (1e3, 0.5, 1.01 * losses.NORM_FLOOR):                        # ||c s|| >= floor ||t||
+            assert float(jl.jacobian_loss(c * s, t, kind)) == pytest.approx(base, rel=1e-12), (kind, c)
+        assert float(jl.jacobian_loss(1e-3 * s, 1e-3 * t, kind)) == pytest.approx(base, rel=1e-12)
+        assert float(jl.jacobian_loss(0.1 * losses.NORM_FLOOR * s, t, kind)) != pytest.approx(base, rel=1e-3)
+
+
+def test_lwf_temperature_has_one_source():
+    """lwf_loss has no default temperature: the lwf method passes Config.temperature."""
+    s, t = rand(4, 5, seed=12), rand(4, 5, seed=13)
+    labels = torch.tensor([0, 1, 2, 3])
+    with pytest.raises(TypeError, match="temperature"):
+        jl.lwf_loss(s, labels, s, t)
+    terms = jl.lwf_loss(s, labels, s, t, temperature=2.0)
+    assert float(terms["lwf"]) == pytest.approx(float(jl.kd_loss(s, t, 2.0)), rel=1e-12)
 
 
 def test_kd_zero_for_constant_shift_and_positive_otherwise():
@@ -156,6 +200,26 @@ def test_attention_jacobian_loss_trains_student():
     assert jac.shape == (8, 1, 1, 8, 8)
 
 
+def test_attention_jacobians_are_taken_at_the_teachers_maximum():
+    teacher, student = small_net(0).eval(), small_net(1).eval()
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float32)
+    x = x.requires_grad_(True)
+    f_t, f_s = teacher[:3](x), student[:3](x)
+    q_t = jl.attention_map(f_t, normalize=False)
+    q_s = jl.attention_map(f_s, normalize=False)
+    peak = q_t.argmax(1)
+    assert (peak != q_s.argmax(1)).any()              # the two networks' maxima differ somewhere
+    assert torch.equal(losses.attention_peaks([f_t])[0], peak)
+    idx = torch.arange(8)
+    (s_ref,) = torch.autograd.grad(q_s[idx, peak].sum(), x, retain_graph=True)
+    (t_ref,) = torch.autograd.grad(q_t[idx, peak].sum(), x, retain_graph=True)
+    s_jac = losses.attention_jacobians([f_s], x, at=[peak], create_graph=True)
+    assert torch.allclose(s_jac[:, 0], s_ref)
+    loss = jl.attention_jacobian_loss([f_s], [f_t], x)
+    expected = jl.jacobian_loss(s_ref.unsqueeze(1), t_ref.unsqueeze(1), "normalized")
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_attention_transfer_pools_different_sizes_and_is_zero_on_itself():
     a = rand(2, 3, 8, 8, seed=11)
     b = rand(2, 5, 4, 4, seed=12)
@@ -174,9 +238,9 @@ def test_attention_transfer_pools_different_sizes_and_is_zero_on_itself():
     (lambda: jl.jacobian_loss(torch.zeros(2, 1, 4), torch.full((2, 1, 4), float("inf"))), "teacher_jac"),
     (lambda: jl.noisy_distillation_loss(nn.Identity(), nn.Identity(), torch.zeros(2, 3), sigma=-0.1), "sigma"),
     (lambda: jl.noisy_distillation_loss(nn.Identity(), nn.Identity(), torch.zeros(2, 3), 0.1, n_samples=0), "n_samples"),
-    (lambda: jl.lwf_loss(torch.zeros(2, 3), torch.tensor([0, 3]), torch.zeros(2, 3), torch.zeros(2, 3)), "labels"),
-    (lambda: jl.lwf_loss(torch.zeros(2, 3), torch.tensor([[0], [1]]), torch.zeros(2, 3), torch.zeros(2, 3)), "labels"),
-    (lambda: jl.lwf_loss(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), torch.zeros(2, 3), torch.zeros(2, 3)), "labels"),
+    (lambda: jl.lwf_loss(torch.zeros(2, 3), torch.tensor([0, 3]), torch.zeros(2, 3), torch.zeros(2, 3), temperature=2.0), "labels"),
+    (lambda: jl.lwf_loss(torch.zeros(2, 3), torch.tensor([[0], [1]]), torch.zeros(2, 3), torch.zeros(2, 3), temperature=2.0), "labels"),
+    (lambda: jl.lwf_loss(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), torch.zeros(2, 3), torch.zeros(2, 3), temperature=2.0), "labels"),
     (lambda: jl.attention_map(torch.zeros(2, 3, 4, 4), p=0), "p"),
     (lambda: jl.attention_transfer_loss([torch.zeros(2, 3, 4, 4)], []), "pair up"),
 ])

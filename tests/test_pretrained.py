@@ -6,7 +6,8 @@ import torch
 
 from jkt_lab import cli, pretrained
 from jkt_lab.config import Config
-from jkt_lab.data import _find_cifar10_zip, load
+from jkt_lab.data import load
+from jkt_lab.data.cifar import _find_cifar10_zip
 from jkt_lab.experiments import get_teacher
 from jkt_lab.pretrained import ShippedTeacherError, card, pretrained_teacher, shipped_for, shipped_teachers
 from jkt_lab.train import evaluate
