@@ -229,9 +229,8 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
                 and all(m.get("history") and "loss/jacobian" in m["history"][0] for m in members):
             # one matched output per example: loss/jacobian = weight * (2 - 2 cos), batch mean
             cos = lambda h: 1 - h["loss/jacobian"] / (2 * c["jacobian_weight"])  # noqa: E731
-            first = statistics.fmean(cos(m["history"][0]) for m in members)
-            last = statistics.fmean(cos(m["history"][-1]) for m in members)
-            row["Jacobian cosine, first → last row"] = f"{first:.2f} → {last:.2f}"
+            row["Jacobian cosine, first row"] = statistics.fmean(cos(m["history"][0]) for m in members)
+            row["Jacobian cosine, last row"] = statistics.fmean(cos(m["history"][-1]) for m in members)
         for split in ("train", "val"):
             values = [m["history"][-1].get(f"jacobian_cosine/{split}") for m in members if m.get("history")]
             values = [v for v in values if v is not None]
