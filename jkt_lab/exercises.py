@@ -598,6 +598,18 @@ _LIST = _CODE_LIST + [
         "A random map picks its top pixels uniformly.",
         "Uniformly chosen pixels fall on the object with probability equal to the object's area: 0.12.",
         fraction=True),
+    _ex("02.weak_test",
+        "mask_overlap's 'chance' is the object's area: what a map of random values gets. The teacher's saliency "
+        "beats it. Which other maps beat it too, although they never learned anything about the objects?",
+        "choice", "b",
+        "Where do the objects of the shapes dataset sit, and what would a map that never looks at the image score?",
+        "(b): in notebook 02 an untrained network of the teacher's architecture and a fixed Gaussian blob in the "
+        "image centre both score far above chance (the blob even above the teacher), so 'beats chance' is no "
+        "evidence that a model looks at the object. Compare with baselines measured the same way "
+        "(saliency.overlap_baselines).",
+        options=("(a) none: beating chance shows that a model attends to the object",
+                 "(b) an untrained network of the same architecture, and a fixed blob in the image centre",
+                 "(c) only a map equal to the ground-truth mask")),
     _ex("02.top1_vs_label",
         "For an image the teacher gets wrong, which Jacobians differ?",
         "choice", "b",

@@ -276,7 +276,7 @@ class SaliencyPanel(Panel):
             w.observe(lambda _change: self._on_click(), names="value")
 
     def run(self) -> None:
-        from .saliency import mask_overlap, saliency
+        from .saliency import centre_prior, mask_overlap, saliency
         c = {k: w.value for k, w in self.controls.items()}
         i = c["image"]
         x, y = self.data.x_test[i:i + 1], self.data.y_test[i:i + 1]
@@ -292,8 +292,12 @@ class SaliencyPanel(Panel):
             maps[f"{name}<br>(says {self.data.classes[pred]})"] = m[0]
             if self.data.mask_test is not None:
                 ov = mask_overlap(m, self.data.mask_test[i:i + 1])
-                lines.append(f"{name}: {100 * ov['overlap']:.0f}% of its top pixels on the object "
-                             f"(chance {100 * ov['chance']:.0f}%)")
+                lines.append(f"{name}: {100 * ov['overlap']:.0f}% of its top pixels on the object")
+        if self.data.mask_test is not None:
+            mask = self.data.mask_test[i:i + 1]
+            blob = mask_overlap(centre_prior(*mask.shape[1:])[None], mask)
+            lines.append(f"for reference on this image: chance {100 * blob['chance']:.0f}%, a fixed blob in the "
+                         f"centre (it never looks at the image) {100 * blob['overlap']:.0f}%")
         what = f"class {self.data.classes[c['class']]}" if c["output"] == "class" else c["output"]
         title = f"image {i}, true class {self.data.classes[int(y)]}; output: {what}"
         self.say("\n".join(lines))

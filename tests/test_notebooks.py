@@ -101,6 +101,7 @@ ANSWERS_SHOWN_BY = {
     "01.scale": "normalized_loss(j, j_t)",
     "02.top1_vs_label": "by_output = ",
     "02.chance": "saliency.mask_overlap(",
+    "02.weak_test": "saliency.overlap_baselines(",
     "03.terms": "underbrace{\\mathrm{CE}",
     "04.first_order": "variance $\\sigma^2",
     "05.lwf_data": "on the *new* images",
