@@ -230,6 +230,16 @@ def cmd_reproduce(args) -> int:
     return 0 if executor is None else executor.summary()
 
 
+def cmd_prepare_course(args) -> int:
+    from .course import prepare
+    from .experiments import runs_dir
+    t0 = time.perf_counter()
+    rows = prepare(quick=args.quick, device=args.device, progress=not args.no_progress)
+    _print_table(rows, ["part", "runs", "new", "seconds"])
+    print(f"course caches ready in {runs_dir()} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jkt-lab", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -282,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
     _executor_options(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("prepare-course", help="build every cache the notebooks use (teachers, students, data) "
+                                              "before a class; resumable")
+    _common(p)
+    p.set_defaults(func=cmd_prepare_course)
 
     p = sub.add_parser("report", help="tables (REPORT.md) and plotly figures (report.html) from a results file")
     p.add_argument("results", help="JSON-lines results file")

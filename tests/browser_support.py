@@ -273,9 +273,12 @@ return JSON.stringify({ok: true});
 
 JS_SCROLL = _JS_PANEL + """
 // Put the cell holding the target (default: the first widget, else the first plot) at the top.
+// A target "text=..." is the first cell whose text contains it.
 const node = panel.node;
-const el = (arguments[1] && node.querySelector(arguments[1])) || node.querySelector(arguments[2])
-           || node.querySelector(arguments[3]);
+const target = arguments[1];
+const byText = t => Array.from(node.querySelectorAll('.jp-Cell')).find(c => (c.innerText || '').includes(t));
+const el = (target && (target.startsWith('text=') ? byText(target.slice(5)) : node.querySelector(target)))
+           || node.querySelector(arguments[2]) || node.querySelector(arguments[3]);
 if (!el) return JSON.stringify({framed: false});
 const cell = el.closest('.jp-Cell') || el;
 cell.scrollIntoView({block: 'start'});
@@ -413,12 +416,14 @@ def compress_png(src: Path, dst: Path, colors: int = 192, width: int | None = No
 
 
 # ------------------------------------------------------------------------------------ docs
-# docs/screenshots/<file>: notebook-name prefix -> (file, CSS selector to put at the top or None
-# for the first widget). Regenerate with:  python tests/browser_support.py [--full]
+# docs/screenshots/<file>: notebook-name prefix -> [(file, where to scroll: a CSS selector, "text=<text in
+# the cell>", or None for the first widget)]. Regenerate with:  python tests/browser_support.py [--full]
 DOCS_SCREENSHOTS = {
-    "01_": ("01_equivalence.png", None),
-    "02_": ("02_saliency.png", None),
-    "03_": ("03_distillation.png", None),
+    "01_": [("01_equivalence.png", None), ("01_fill_in.png", "text=Exercise 01.normalized_loss")],
+    "02_": [("02_saliency.png", None), ("02_data.png", "text=A first look at the data")],
+    "03_": [("03_distillation.png", None), ("03_fill_in.png", "text=Exercise 03.jacobian_step")],
+    "04_": [("04_robustness.png", None)],
+    "05_": [("05_transfer.png", None)],
 }
 
 
@@ -436,22 +441,25 @@ def update_docs_screenshots(full: bool = False, timeout: float = 1800.0) -> list
         server = LabServer(root=root, work=work, env_extra={} if not full else {"JKT_LAB_QUICK": "0"})
         server.start()
         try:
-            for prefix, (fname, selector) in DOCS_SCREENSHOTS.items():
+            for prefix, shots in DOCS_SCREENSHOTS.items():
                 names = sorted(p.name for p in (root / "notebooks").glob(f"{prefix}*.ipynb"))
                 if not names:
                     print(f"no notebook {prefix}*.ipynb")
                     continue
                 driver = make_driver(work / f"profile-{prefix}")
                 try:
-                    shot = work / f"{fname}"
+                    (fname, selector), *more = shots
                     run = run_notebook(driver, server, f"notebooks/{names[0]}", timeout=timeout,
-                                       screenshot=shot, frame_selector=selector)
+                                       screenshot=work / fname, frame_selector=selector)
+                    taken = [(fname, work / fname)] if run.screenshot else []
+                    for fname, selector in more if not run.problems() else []:
+                        taken.append((fname, take_screenshot(driver, f"notebooks/{names[0]}", work / fname, selector)))
                 finally:
                     driver.quit()
                     server.shutdown_kernels()
                 problems = run.problems()
                 print(f"{names[0]}: {run.seconds:.0f}s, problems: {problems or 'none'}")
-                if not problems and run.screenshot:
+                for fname, shot in taken if not problems else []:
                     out = compress_png(shot, REPO / "docs" / "screenshots" / fname)
                     print(f"  -> {out} ({out.stat().st_size // 1024} KB)")
                     written.append(out)
