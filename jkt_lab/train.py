@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._checks import check_batch, check_labels, check_nonnegative, check_int
 from .config import Config
+from . import progress as progress_mod
 from .data import Batches, Data, add_noise
 from .methods import get_method, make_method
 
@@ -200,8 +200,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     every = config.eval_every or max(1, n_epochs // 20)
     sums: dict[str, float] = {}
     correct = seen = 0
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"{method} on {data.name}",
-               unit="step", leave=False, dynamic_ncols=True)
+    desc = f"{method} on {data.name}"
+    bar = progress_mod.bar(total=total_steps, initial=step, desc=desc, unit="step", progress=progress)
     t0 = time.perf_counter()
     try:
         for epoch in range(start_epoch, n_epochs):
@@ -232,7 +232,7 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
                 correct += int((logits.detach().argmax(1) == y).sum())
                 seen += n
                 bar.update(1)
-                if progress:
+                if not bar.disable:
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
             last = epoch + 1 == n_epochs
             if (epoch + 1) % every and not last:
@@ -251,11 +251,15 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
                                              "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                                              "scheduler": scheduler.state_dict(), "history": history,
                                              "wall_time_s": elapsed + time.perf_counter() - t0})
-    finally:
+    except BaseException:
         bar.close()
+        raise
     elapsed += time.perf_counter() - t0
     metrics = {"test_acc": evaluate(student, data.x_test, data.y_test)["acc"],
                "train_acc": evaluate(student, data.x_train, data.y_train)["acc"], "steps": step}
     if data.x_val.shape[0]:
         metrics["val_acc"] = evaluate(student, data.x_val, data.y_val)["acc"]
+    val = f", val acc {100 * metrics['val_acc']:.1f}%" if "val_acc" in metrics else ""
+    progress_mod.done(bar, f"{desc}: {step} steps in {elapsed:.1f} s, train acc {100 * metrics['train_acc']:.1f}%{val}",
+                      progress=progress)
     return Result(config=config, metrics=metrics, history=history, wall_time_s=elapsed, device=str(dev), model=student)
