@@ -113,7 +113,16 @@ def cmd_train_teacher(args) -> int:
     from .experiments import get_teacher
     config = _config_from_args(args)
     t0 = time.perf_counter()
-    _, info = get_teacher(config, device=args.device, progress=not args.no_progress)
+    teacher, info = get_teacher(config, device=args.device, progress=not args.no_progress)
+    if args.ship:
+        import shlex
+        from .experiments import load_data
+        from .pretrained import ship_teacher
+        tconf = config.teacher_config()
+        card = ship_teacher(args.ship, teacher, info, load_data(tconf, classes=tconf.classes),
+                            command="jkt-lab " + shlex.join(args.argv))
+        print(f"shipped as {args.ship!r}: {card['bytes'] / 1e6:.2f} MB, test accuracy in half precision "
+              f"{100 * card['test_acc']:.2f}%, sha256 {card['sha256'][:16]}...")
     print(f"teacher {config.teacher} on {config.dataset}: test accuracy {100 * info['metrics']['test_acc']:.2f}% "
           f"(trained in {info['wall_time_s']:.1f} s on {info['device']}; ready in {time.perf_counter() - t0:.1f} s)")
     return 0
@@ -212,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-teacher", help="train (or load the cached) teacher of a config")
     _common(p)
+    p.add_argument("--ship", metavar="NAME", default=None,
+                   help="also write the teacher into the package (jkt_lab/teachers/NAME.pt, half precision) "
+                        "with its card")
     _add_config_options(p)
     p.set_defaults(func=cmd_train_teacher)
 
@@ -249,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 0

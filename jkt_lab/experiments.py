@@ -22,6 +22,7 @@ from . import data as data_mod
 from .config import Config
 from .methods import get_method
 from .models import MultiHead, build_model, replace_head
+from .pretrained import pretrained_teacher, shipped_for
 from .results import ResultStore, config_hash, make_record
 from .saliency import saliency_cosine
 from .train import Result, fit, resolve_device, robustness
@@ -57,7 +58,9 @@ def _model(name, width, num_classes, data, seed):
 
 def get_teacher(config: Config, *, device="auto", progress: bool = True, root: Path | None = None,
                 callback: Callable[[dict], None] | None = None) -> tuple[nn.Module, dict]:
-    """The teacher of ``config``: loaded from the runs directory, or trained (and saved) once.
+    """The teacher of ``config``: a teacher shipped with the package (``jkt_lab.pretrained``) when
+    one was trained with exactly this teacher config, else loaded from the runs directory, or
+    trained (and saved) once.
 
     Returns ``(teacher, info)`` where ``info`` holds the teacher's config, metrics and wall time.
     """
@@ -71,6 +74,12 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
         info = {"key": key, "config": tconf.to_dict(), "metrics": {"test_acc": None}, "history": [],
                 "wall_time_s": 0.0, "device": "pretrained"}
         return teacher.to(resolve_device(device)), info
+    shipped = shipped_for(tconf)
+    if shipped is not None:  # a teacher that ships with the package: never trained again
+        teacher, card = pretrained_teacher(shipped, device=resolve_device(device))
+        info = {"key": key, "config": tconf.to_dict(), "metrics": {"test_acc": card["test_acc"]}, "history": [],
+                "wall_time_s": card["wall_time_s"], "device": card["device"], "shipped": shipped}
+        return teacher, info
     data = load_data(tconf, classes=tconf.classes)
     if tconf.teacher_pretrained:
         teacher = build_model(tconf.student, data.num_classes, in_channels=data.input_shape[0],
