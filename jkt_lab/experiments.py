@@ -92,7 +92,7 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
     else:
         folder.mkdir(parents=True, exist_ok=True)
         result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
-                     checkpoint=folder / f"{key}.ckpt", callback=callback)
+                     checkpoint=folder / f"{key}.ckpt", callback=callback, desc=f"teacher {tconf.student} on {data.name}")
         _save_weights(teacher, weights)
         info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
                 "wall_time_s": result.wall_time_s, "device": result.device}

@@ -146,14 +146,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | None = None,
         config: Config | None = None, device: str | torch.device | None = "auto",
         checkpoint: str | Path | None = None, checkpoint_every: int = 1, progress: bool = True,
-        callback: Callable[[dict], None] | None = None) -> Result:
+        callback: Callable[[dict], None] | None = None, desc: str | None = None) -> Result:
     """Train ``student`` on ``data`` with ``method`` (a name from :data:`jkt_lab.methods.METHODS`).
 
     SGD with momentum and weight decay, learning-rate ``schedule`` over the run, ``epochs`` or a
     ``steps`` budget, optional bf16 autocast on CUDA (``amp``). Returns a :class:`Result` whose
     history holds one row every ``eval_every`` epochs (default: about 20 rows a run) with the
     mean of every loss term and the training accuracy since the previous row, and the
-    validation accuracy; ``callback`` receives each row as it is made (live plots). With
+    validation accuracy; ``callback`` receives each row as it is made (live plots). ``progress``:
+    a bar on a terminal and one line when the run ends (:mod:`jkt_lab.progress`), named ``desc``. With
     ``checkpoint``, the state is saved every ``checkpoint_every`` rows (and at the end), and an
     existing checkpoint of the same config is resumed.
     """
@@ -200,7 +201,7 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     every = config.eval_every or max(1, n_epochs // 20)
     sums: dict[str, float] = {}
     correct = seen = 0
-    desc = f"{method} on {data.name}"
+    desc = desc or f"{method} (seed {config.seed}) on {data.name}"
     bar = progress_mod.bar(total=total_steps, initial=step, desc=desc, unit="step", progress=progress)
     t0 = time.perf_counter()
     try:
