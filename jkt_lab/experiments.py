@@ -43,12 +43,27 @@ def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_cla
     """The dataset of ``config``: validation split fixed (seed 0), classes selected, then the
     ``per_class`` few-shot subset drawn with the run's seed."""
     kwargs = {k: getattr(config, k) for k in ("n_train", "n_test") if getattr(config, k) is not None}
-    data = data_mod.load(config.dataset, seed=0, **kwargs)
+    data = _read(config.dataset, **kwargs)
     if classes:
         data = data.select_classes(list(classes))
     if per_class is not None:
         data = data.few_shot(per_class, seed=config.seed if seed is None else seed)
     return data
+
+
+_GENERATED: dict = {}  # the last generated dataset read (shapes: ~1 s of CPU per read), by its arguments
+
+
+def _read(name: str, **kwargs) -> data_mod.Data:
+    """``data.load(name, seed=0, **kwargs)``; a generated dataset is kept in memory between runs
+    (a demo or a sweep reads the same one for every run; ``Data`` methods return new objects)."""
+    if name != "shapes":
+        return data_mod.load(name, seed=0, **kwargs)  # decoded arrays are cached on disk
+    key = json.dumps(kwargs, sort_keys=True)
+    if key not in _GENERATED:
+        _GENERATED.clear()
+        _GENERATED[key] = data_mod.load(name, seed=0, **kwargs)
+    return _GENERATED[key]
 
 
 def _model(name, width, num_classes, data, seed):
