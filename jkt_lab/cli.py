@@ -173,7 +173,9 @@ DEMO_SEEDS = (0, 1, 2)
 # The main job's setting, chosen on the validation split by benchmarks/select_demo.py (its
 # measurements: benchmarks/results/select_demo.md). The teacher fields match the shipped teacher
 # "shapes" (jkt_lab/teachers/shapes.json), so the demo never trains one.
-DEMO_SETTING = dict(per_class=20, steps=150, batch_size=32, lr=0.05, student_width=16, jacobian_weight=1.0)
+DEMO_SETTING = dict(dataset="shapes", n_train=5000, n_test=1000, teacher="tiny", teacher_width=16, teacher_epochs=30,
+                    student="tiny", student_width=8, per_class=50, steps=400, batch_size=32, lr=0.1, temperature=4.0,
+                    jacobian_weight=1.0)
 
 
 def demo_base_config(quick: bool = False, **changes):
@@ -184,8 +186,7 @@ def demo_base_config(quick: bool = False, **changes):
     from .data import SHAPE_CLASSES
     from .experiments import quick_config
     setting = {**DEMO_SETTING, **changes}
-    base = Config(dataset="shapes", n_train=5000, n_test=1000, teacher="tiny", teacher_width=32, teacher_epochs=30,
-                  student="tiny", method="ce", seed=0, **setting)
+    base = Config(**{**setting, "method": "ce", "seed": 0})
     if quick:
         base = quick_config(base)
     per_epoch = math.ceil(base.per_class * len(SHAPE_CLASSES) / base.batch_size)

@@ -295,7 +295,8 @@ def _section(doc: Document, title: str, records: list) -> None:
     if with_history:
         settings = sorted({lookup(r, "config.per_class") for r in with_history}, key=lambda v: (v is None, v or 0))
         few = [r for r in with_history if lookup(r, "config.per_class") == settings[0]]
-        shown = "all images" if settings[0] is None else f"{settings[0]} images per class"
+        shown = "all images" if settings[0] is None else \
+            f"{settings[0]} image{'s' if settings[0] != 1 else ''} per class"
         doc.figure(training_curves_figure(few, color="variant",
                                           title=f"{title}: training curves at {shown} (mean over seeds, band: min to max)"))
 
