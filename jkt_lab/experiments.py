@@ -70,12 +70,27 @@ def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_cla
     ``per_class`` few-shot subset drawn with the run's seed."""
     config = resolve_data(config)
     kwargs = {k: getattr(config, k) for k in ("n_train", "n_test", "image_size") if getattr(config, k) is not None}
-    data = data_mod.load(config.dataset, path=config.data_path, seed=0, **kwargs)
+    data = _read(config.dataset, path=config.data_path, **kwargs)
     if classes:
         data = data.select_classes(list(classes))
     if per_class is not None:
         data = data.few_shot(per_class, seed=config.seed if seed is None else seed)
     return data
+
+
+_GENERATED: dict = {}  # the last generated dataset read (shapes: ~1 s of CPU per read), by its arguments
+
+
+def _read(name: str, **kwargs) -> data_mod.Data:
+    """``data.load(name, seed=0, **kwargs)``; a generated dataset is kept in memory between runs
+    (a demo or a sweep reads the same one for every run; ``Data`` methods return new objects)."""
+    if name != "shapes":
+        return data_mod.load(name, seed=0, **kwargs)  # decoded arrays are cached on disk
+    key = json.dumps(kwargs, sort_keys=True)
+    if key not in _GENERATED:
+        _GENERATED.clear()
+        _GENERATED[key] = data_mod.load(name, seed=0, **kwargs)
+    return _GENERATED[key]
 
 
 def _model(name, width, num_classes, data, seed):
@@ -151,7 +166,7 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
     else:
         folder.mkdir(parents=True, exist_ok=True)
         result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
-                     checkpoint=folder / f"{key}.ckpt", callback=callback)
+                     checkpoint=folder / f"{key}.ckpt", callback=callback, desc=f"teacher {tconf.student} on {data.name}")
         _save_weights(teacher, weights)
         info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
                 "wall_time_s": result.wall_time_s, "device": result.device}

@@ -12,7 +12,8 @@ from .results import lookup, table
 
 __all__ = ["equivalence_figure", "accuracy_figure", "noise_figure", "history_figure", "saliency_grid",
            "METHOD_COLORS", "equivalence_terms_figure", "maps_figure", "robustness_figure", "accuracy_bars",
-           "attention_figure", "at_rounding", "slope_text", "reference_lines", "examples_figure", "ROUNDING"]
+           "attention_figure", "at_rounding", "slope_text", "reference_lines", "examples_figure", "ROUNDING",
+           "accuracy_groups_figure", "training_curves_figure"]
 
 METHOD_COLORS = {
     "ce": "#7f7f7f", "kd": "#1f77b4", "activations": "#17becf", "kd+jacobian": "#d62728",
@@ -379,4 +380,69 @@ def examples_figure(images, labels, classes: Sequence[str], *, per_class: int = 
                      showgrid=False, zeroline=False)
     fig.update_layout(title=title, template="plotly_white", width=min(900, 120 + per_class * 60),
                       height=80 + k * 58, margin={"l": 110, "r": 10, "t": 50, "b": 10})
+# --------------------------------------------------------------------------- report figures
+
+
+def accuracy_groups_figure(records: Iterable[Mapping], *, x: str = "config.per_class",
+                           metric: str = "metrics.test_acc", color: str = "config.method",
+                           title: str = "Test accuracy by images per class",
+                           reference: Mapping[str, float] | None = None) -> go.Figure:
+    """Grouped bars of the mean ``metric`` (%, error bars: std over seeds) on a categorical ``x``
+    axis (for few settings, where a line on a log axis would show single points), one bar per
+    ``color`` value. ``reference`` draws dotted horizontal lines, e.g. ``{"chance": 0.1}``."""
+    groups = _grouped(list(records), x, metric, color)
+    values = list(dict.fromkeys(p[0] for pts in groups.values() for p in pts))  # first seen, numbers sorted
+    if all(v is None or isinstance(v, (int, float)) for v in values):
+        values.sort(key=lambda v: (v is None, v or 0))
+    label = {v: "all" if v is None else str(v) for v in values}
+    fig = go.Figure()
+    for name, pts in groups.items():
+        pts = sorted(pts, key=lambda p: values.index(p[0]))
+        fig.add_trace(go.Bar(x=[label[p[0]] for p in pts], y=[100 * p[1] for p in pts], name=name,
+                             error_y={"type": "data", "array": [100 * p[2] for p in pts]},
+                             text=[f"{100 * p[1]:.1f}" for p in pts], textposition="inside", insidetextanchor="start",
+                             marker={"color": _color(name)}, hovertext=[f"n = {p[3]}" for p in pts]))
+    for i, (name, value) in enumerate((reference or {}).items()):
+        fig.add_hline(y=100 * value, line={"dash": "dot", "color": "#555555"}, annotation_text=f"{name} {100 * value:.0f}%",
+                      annotation_position="top left" if i % 2 == 0 else "bottom left")
+    axis = {"per_class": "images per class", "variant": "method", "method": "method"}.get(x.split(".")[-1], x)
+    fig.update_xaxes(type="category", title=axis, categoryorder="array",
+                     categoryarray=[label[v] for v in values])
+    fig.update_yaxes(title=f"{metric.split('.')[-1].replace('_', ' ')} (%)", rangemode="tozero")
+    fig.update_layout(title=title, template="plotly_white", barmode="group")
+    return fig
+
+
+def training_curves_figure(records: Iterable[Mapping], *, color: str = "config.method",
+                           title: str = "Training curves (mean over seeds, band: min to max)") -> go.Figure:
+    """From each record's ``history``: validation accuracy (left) and the cross-entropy on the
+    labels, the loss term every method has (right), against the step; one line per ``color``
+    value, the mean over its records at each step, with a band from the lowest to the highest."""
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for r in records:
+        name = str(lookup(r, color))
+        for h in r.get("history") or []:
+            for key in ("val_acc", "loss/ce"):
+                if h.get(key) is not None:
+                    curves.setdefault(name, {}).setdefault(key, {}).setdefault(h["step"], []).append(float(h[key]))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy (%)",
+                                                        "training cross-entropy on the labels (term ce)"))
+    for name, by_key in curves.items():
+        for col, key in ((1, "val_acc"), (2, "loss/ce")):
+            pts = by_key.get(key)
+            if not pts:
+                continue
+            steps = sorted(pts)
+            scale = 100.0 if key == "val_acc" else 1.0
+            mean = [scale * sum(pts[s]) / len(pts[s]) for s in steps]
+            lo, hi = [scale * min(pts[s]) for s in steps], [scale * max(pts[s]) for s in steps]
+            c = _color(name) or "#7f7f7f"
+            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.15,
+                                     line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name), 1, col)
+            fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=name, line={"color": c}, legendgroup=name,
+                                     showlegend=col == 1), 1, col)
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="%", row=1, col=1)
+    fig.update_yaxes(title="cross-entropy", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white")
     return fig

@@ -59,11 +59,11 @@ def _parallel(fn, chunks: list[tuple], sizes: list[int], desc: str) -> list:
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    from tqdm.auto import tqdm
+    from .. import progress
 
     results = [None] * len(chunks)
     workers = _workers(sum(sizes))
-    with tqdm(total=sum(sizes), desc=desc, unit="img", disable=sum(sizes) < 2000) as bar:
+    with progress.bar(total=sum(sizes), desc=desc, unit="img", progress=sum(sizes) >= 2000, leave=True) as bar:
         if workers > 1:
             try:
                 with ProcessPoolExecutor(max_workers=workers) as pool:
