@@ -5,9 +5,14 @@
     python benchmarks/step_cost.py --out benchmarks/results/h100.json
 
 Pair: paper-style VGG teacher (vgg9) and student (vgg4) on CIFAR-sized inputs (3x32x32),
-10 classes. Each step is the method's loss, backward and an SGD step; the time is the median
-of ``--steps`` steps after ``--warmup`` (CUDA synchronised). A second table times the exact
-all-output Jacobian (k = 100 outputs) through torch.func against a loop over outputs.
+10 classes. Each step is the method's loss, backward and an SGD step; the steps are timed in
+rounds (one of each per round), the time is the median of ``--steps`` rounds after ``--warmup``
+(CUDA synchronised) and each ratio the median of the per-round ratios. Each Jacobian step is timed twice:
+the per-example training Jacobian (``jkt_lab.jacobian.jacobian_forward``: BatchNorm statistics
+held in a second pass) and the batch-mixed one the package used before issue 9 (one pass, the
+gradient of the summed batch); ``ratio_to_batch_mixed`` is their ratio in the same run. A second
+table times the exact all-output Jacobian (k = 100 outputs) through torch.func against a loop
+over outputs.
 See benchmarks/README.md for measured tables.
 """
 from __future__ import annotations
@@ -18,24 +23,41 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from jkt_lab import methods
 from jkt_lab.config import Config
-from jkt_lab.jacobian import input_jacobian
+from jkt_lab.jacobian import input_jacobian, output_jacobian, projections
 from jkt_lab.methods import make_method
 from jkt_lab.models import build_model
 from jkt_lab.results import to_markdown
 from jkt_lab.train import resolve_device
 
-STEPS = [  # (label, method, config changes)
-    ("kd", "kd", {}),
-    ("kd + normalised top-1 Jacobian", "kd+jacobian", {"jacobian_output": "top1"}),
-    ("kd + random-projection Jacobian", "kd+jacobian", {"jacobian_output": "random"}),
-    ("kd + exact 10-output Jacobian", "kd+jacobian", {"jacobian_output": "all"}),
-    ("noise distillation, 4 samples", "noise", {"n_samples": 4, "sigma": 0.05}),
+STEPS = [  # (label, method, config changes, Jacobian path: "per-example" or "batch-mixed")
+    ("kd", "kd", {}, None),
+    ("kd + normalised top-1 Jacobian", "kd+jacobian", {"jacobian_output": "top1"}, "per-example"),
+    ("kd + normalised top-1 Jacobian", "kd+jacobian", {"jacobian_output": "top1"}, "batch-mixed"),
+    ("kd + random-projection Jacobian", "kd+jacobian", {"jacobian_output": "random"}, "per-example"),
+    ("kd + random-projection Jacobian", "kd+jacobian", {"jacobian_output": "random"}, "batch-mixed"),
+    ("kd + exact 10-output Jacobian", "kd+jacobian", {"jacobian_output": "all"}, "per-example"),
+    ("kd + exact 10-output Jacobian", "kd+jacobian", {"jacobian_output": "all"}, "batch-mixed"),
+    ("noise distillation, 4 samples", "noise", {"n_samples": 4, "sigma": 0.05}, None),
 ]
+
+
+def batch_mixed_jacobians(student, teacher, x, output="top1", *, labels=None, generator=None, create_graph=False):
+    """The training Jacobian before issue 9 (the baseline the per-example path is timed against):
+    one forward pass on x and the gradient of the summed batch, which with train-mode BatchNorm
+    mixes every example into every row. Only for timing."""
+    xg = x.detach().requires_grad_(True)
+    t_logits = teacher(xg)
+    v = projections(t_logits.detach(), output, labels=labels, generator=generator)
+    s_logits = student(xg)
+    return (output_jacobian(s_logits, xg, v, create_graph=create_graph), output_jacobian(t_logits, xg, v),
+            s_logits, t_logits.detach())
 
 
 def _sync(device):
@@ -57,33 +79,67 @@ def _median_time(fn, device, warmup: int, steps: int) -> float:
 
 
 def step_costs(device, batch: int, width_scale: float, warmup: int, steps: int, amp: bool = False) -> list[dict]:
+    """Time every step of :data:`STEPS` in rounds (one step of each per round, in turn), so that
+    every row sees the same machine load (the project's CPUs are shared); medians over rounds,
+    and each ratio is the median of the per-round ratios."""
     w_t, w_s = max(4, int(64 * width_scale)), max(4, int(32 * width_scale))
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
     teacher = build_model("vgg9", 10, width=w_t, seed=0).to(device).eval()
+    runs = [_step_fn(name, changes, path, teacher, w_s, x, y, device, amp) for _, name, changes, path in STEPS]
+    times = [[] for _ in STEPS]
+    for r in range(warmup + steps):
+        for fn, t in zip(runs, times):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                t.append(time.perf_counter() - t0)
     rows = []
-    base = None
-    for label, name, changes in STEPS:
-        student = build_model("vgg4", 10, width=w_s, seed=1).to(device).train()
-        config = Config(method=name, amp=amp, **changes)
-        method = make_method(name, student, teacher, config)
-        opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
-        counter = iter(range(10**9))
-
-        def one_step():
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                _, terms = method.loss(x, y, next(counter))
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        t = _median_time(one_step, device, warmup, steps)
-        base = base or t
-        rows.append({"step": label, "median_ms": 1000 * t, "ratio_to_kd": t / base})
-        print(f"  {label:34s} {1000 * t:9.2f} ms   x{t / base:5.2f}", flush=True)
+    for i, (label, _, _, path) in enumerate(STEPS):
+        row = {"step": label, "jacobian": path or "", "median_ms": 1000 * statistics.median(times[i]),
+               "ratio_to_kd": statistics.median(a / b for a, b in zip(times[i], times[0])),
+               "ratio_to_batch_mixed": None}
+        if path == "per-example" and i + 1 < len(STEPS) and STEPS[i + 1][3] == "batch-mixed":
+            row["ratio_to_batch_mixed"] = statistics.median(a / b for a, b in zip(times[i], times[i + 1]))
+        rows.append(row)
+        mixed = "" if row["ratio_to_batch_mixed"] is None else f"   x{row['ratio_to_batch_mixed']:5.2f} of batch-mixed"
+        print(f"  {label:34s} {path or '':12s} {row['median_ms']:9.2f} ms   x{row['ratio_to_kd']:5.2f} of kd{mixed}",
+              flush=True)
     return rows
+
+
+def _step_fn(name, changes, path, teacher, width, x, y, device, amp):
+    """One training step (loss, backward, SGD) of a fresh vgg4 student with ``name``'s loss."""
+    student = build_model("vgg4", 10, width=width, seed=1).to(device).train()
+    method = make_method(name, student, teacher, Config(method=name, amp=amp, **changes))
+    opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    counter = iter(range(10**9))
+
+    def one_step():
+        with _jacobian_path(path), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            _, terms = method.loss(x, y, next(counter))
+        loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return one_step
+
+
+@contextmanager
+def _jacobian_path(path):
+    """Swap the methods' Jacobian function for the pre-fix one while timing a "batch-mixed" row."""
+    if path != "batch-mixed":
+        yield
+        return
+    saved = methods.matched_jacobians
+    methods.matched_jacobians = batch_mixed_jacobians
+    try:
+        yield
+    finally:
+        methods.matched_jacobians = saved
 
 
 def jacobian_costs(device, batch: int, width_scale: float, warmup: int, steps: int, k: int = 100) -> list[dict]:
@@ -110,8 +166,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--jacobian-batch", type=int, default=None, help="batch of the all-output Jacobian timing")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the tables as JSON here (and .md beside it)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch or (128 if gpu else 32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -9,7 +10,7 @@ import types
 import typing
 from pathlib import Path
 
-__all__ = ["main", "demo_configs"]
+__all__ = ["main", "demo_configs", "demo_base_config", "option_groups"]
 
 EPILOG = """examples:
   jkt-lab demo                          # the main job: teacher + ce/kd/kd+jacobian students on shapes
@@ -45,17 +46,114 @@ def _parse_value(kind, text: str):
     return kind(text)
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+# Config fields by what they set, in the order --help shows them. Each subcommand shows only the
+# groups it uses (COMMAND_GROUPS); a field in no list lands in "other", so a field added to Config
+# later is still an option of distill.
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "data_path", "data_fingerprint", "image_size", "n_train", "n_test"),
+    "teacher": ("teacher", "teacher_width", "teacher_epochs", "teacher_seed", "teacher_pretrained", "teacher_classes",
+                "teacher_batch_size", "teacher_lr", "teacher_weight_decay", "teacher_schedule", "teacher_augment",
+                "teacher_label_smoothing", "teacher_train_sigma"),
+    "student": ("student", "student_width", "per_class", "classes", "init", "seed"),
+    "objective": ("method", "ce_weight", "kd_weight", "temperature", "activation_weight", "jacobian_weight",
+                  "jacobian_kind", "jacobian_output", "sigma", "n_samples", "noise_loss", "attention_weight",
+                  "attention_p", "lwf_weight"),
+    "optimisation": ("epochs", "steps", "batch_size", "lr", "momentum", "weight_decay", "schedule", "augment",
+                     "label_smoothing", "train_sigma", "amp", "eval_every"),
+}
+GROUP_TITLES = {
+    "data": "data (the teacher's and the student's)",
+    "teacher": "teacher (trained once on all of its data, then cached; its own recipe)",
+    "student": "student (the network trained with the objective)",
+    "objective": "objective (Section 3: the loss terms and their weights)",
+    "optimisation": "optimisation of the student (SGD with momentum)",
+    "other": "other Config fields",
+}
+COMMAND_GROUPS = {
+    "train-teacher": ("data", "teacher"),
+    "distill": ("data", "teacher", "student", "objective", "optimisation", "other"),
+}
+_NOT_OPTIONS = ("extra",)  # free-form tags: not settable from the command line
+
+FIELD_HELP = {
+    "dataset": "shapes (embedded), digits, cifar10, cifar100, cifar10-jpeg, indoor67",
+    "n_train": "training images to use (class-balanced; shapes: how many are generated)",
+    "n_test": "test images to use",
+    "teacher": "teacher architecture: tiny, vgg4, vgg9, wrn, resnet18, resnet34",
+    "teacher_width": "teacher's base channel count (wrn: widening factor)",
+    "teacher_epochs": "epochs of the teacher's cross-entropy training (0 with --teacher-pretrained: ImageNet as is)",
+    "teacher_seed": "seed of the teacher (one teacher is shared by all student seeds)",
+    "teacher_pretrained": "start the teacher from ImageNet weights (torchvision ResNets)",
+    "teacher_classes": "the teacher's (source) classes, comma-separated",
+    "teacher_batch_size": "teacher's batch size",
+    "teacher_lr": "teacher's learning rate",
+    "teacher_weight_decay": "teacher's weight decay",
+    "teacher_schedule": "teacher's learning-rate schedule: cosine, step, constant",
+    "teacher_augment": "flip-and-crop augmentation for the teacher",
+    "teacher_label_smoothing": "label smoothing of the teacher's cross-entropy",
+    "teacher_train_sigma": "Gaussian input noise while training the teacher (a robust teacher), [0, 1] pixel units",
+    "student": "student architecture: tiny, vgg4, vgg9, wrn, resnet18, resnet34",
+    "student_width": "student's base channel count (wrn: widening factor)",
+    "per_class": "training images per class for the student (few-shot; 'none': all)",
+    "classes": "train the student on these classes only (transfer target), comma-separated",
+    "init": "scratch, or finetune (the student starts from the teacher)",
+    "seed": "seed of the student's run (its few-shot subset, initialisation and batches)",
+    "method": "ce, kd, activations, kd+jacobian, activations+jacobian, noise, at, at+jacobian, lwf",
+    "ce_weight": "weight of the cross-entropy on labels",
+    "kd_weight": "weight of Hinton distillation",
+    "temperature": "distillation temperature",
+    "activation_weight": "weight of activation (logit) matching, Eq. 1",
+    "jacobian_weight": "weight of Jacobian matching (Section 3.2)",
+    "jacobian_kind": "normalized (2 - 2 cos, Section 3.2), squared (Proposition 1) or cosine",
+    "jacobian_output": "whose Jacobian is matched: top1 (teacher's top logit), label, random (projection), all",
+    "sigma": "input-noise std of the noise method, [0, 1] pixel units (Section 3)",
+    "n_samples": "noisy copies per example for the noise method",
+    "noise_loss": "loss of the noise method on noisy copies: kd or squared",
+    "attention_weight": "weight of attention transfer (Zagoruyko & Komodakis; Section 4.3)",
+    "attention_p": "power p of the attention map sum_c |A_c|^p",
+    "lwf_weight": "weight of the old head's distillation in Learning without Forgetting",
+    "epochs": "epochs of the student's training",
+    "steps": "a step budget instead of epochs",
+    "batch_size": "student's batch size",
+    "lr": "student's learning rate",
+    "momentum": "SGD momentum (Nesterov)",
+    "weight_decay": "student's weight decay",
+    "schedule": "student's learning-rate schedule: cosine, step, constant",
+    "augment": "flip-and-crop augmentation for the student",
+    "label_smoothing": "label smoothing of the student's cross-entropy",
+    "train_sigma": "Gaussian input noise on every training batch of the student, [0, 1] pixel units",
+    "amp": "bf16 autocast (CUDA only)",
+    "eval_every": "epochs between history rows ('none': about 20 rows a run)",
+}
+
+
+def option_groups(groups=None) -> dict[str, list[str]]:
+    """Config field names by option group, for the groups named (default: all, "other" last):
+    each group's listed fields, and in "other" every field of Config in no list."""
     from .config import Config
-    group = parser.add_argument_group("run settings (jkt_lab.Config fields; 'none' unsets)")
-    for f in dataclasses.fields(Config):
-        if f.name == "extra":
-            continue
-        kind = _field_type(f)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS,
-                           type=lambda text, k=kind: _parse_value(k, text), metavar=getattr(kind, "__name__", "V").upper(),
-                           help=f"default: {default}")
+    names = [f.name for f in dataclasses.fields(Config) if f.name not in _NOT_OPTIONS]
+    listed = {n for fields in OPTION_GROUPS.values() for n in fields}
+    out = {g: [n for n in fields if n in names] for g, fields in OPTION_GROUPS.items()}
+    out["other"] = [n for n in names if n not in listed]
+    return {g: out[g] for g in (groups or out) if out.get(g)}
+
+
+def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The Config fields ``command`` uses, as ``--field-name`` options in titled groups."""
+    from .config import Config
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for group_name, names in option_groups(COMMAND_GROUPS[command]).items():
+        group = parser.add_argument_group(GROUP_TITLES[group_name])
+        for name in names:
+            f = fields[name]
+            kind = _field_type(f)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            flags = [f"--{name.replace('_', '-')}"] + (["--path"] if name == "data_path" else [])
+            group.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
+                               type=lambda text, k=kind: _parse_value(k, text),
+                               metavar="I,J,..." if typing.get_origin(kind) is tuple else kind.__name__.upper(),
+                               help=f"{FIELD_HELP.get(name, name.replace('_', ' '))} (default: {shown})")
 
 
 def _config_from_args(args, base=None):
@@ -71,19 +169,55 @@ def _common(parser):
     parser.add_argument("--no-progress", action="store_true", help="silence progress bars")
 
 
-def demo_configs(quick: bool) -> list:
-    """The main job's runs: ce, kd and kd+jacobian students on the shapes dataset, few images per class."""
+def _executor_options(parser):
+    parser.add_argument("--executor", default="serial", choices=["serial", "ray"],
+                        help="serial: one run after another here; ray: each run a Ray task (pip install -e '.[cluster]')")
+    parser.add_argument("--address", default=None, help="with --executor ray: the cluster to join (auto, HEAD_IP:6379); "
+                                                        "default: a local Ray on this machine")
+
+
+def _executor(args):
+    """A context giving None (serial) or a jkt_lab.cluster.RayExecutor (--executor ray)."""
+    if args.executor == "serial":
+        if args.address is not None:
+            raise ValueError("--address needs --executor ray")
+        return contextlib.nullcontext()
+    from .cluster import RayExecutor
+    return RayExecutor(args.address, device=args.device, progress=not args.no_progress)
+
+
+DEMO_METHODS = ("ce", "kd", "kd+jacobian")
+DEMO_SEEDS = (0, 1, 2)
+
+
+# The main job's setting, chosen on the validation split by benchmarks/select_demo.py (its
+# measurements: benchmarks/results/select_demo.md). The teacher fields match the shipped teacher
+# "shapes" (jkt_lab/teachers/shapes.json), so the demo never trains one.
+DEMO_SETTING = dict(dataset="shapes", n_train=5000, n_test=1000, teacher="tiny", teacher_width=16, teacher_epochs=30,
+                    student="tiny", student_width=8, per_class=50, steps=400, batch_size=32, lr=0.1, temperature=4.0,
+                    jacobian_weight=1.0)
+
+
+def demo_base_config(quick: bool = False, **changes):
+    """The main job's config (method ce, seed 0) with ``changes`` to ``DEMO_SETTING``, and
+    about ten history rows a run (``eval_every``); ``quick``: the same at toy size."""
+    import math
     from .config import Config
-    base = Config(dataset="shapes", n_train=600 if quick else 4000, n_test=300 if quick else 1000,
-                  teacher="tiny", teacher_width=16 if quick else 32,
-                  teacher_epochs=2 if quick else 8, student="tiny", student_width=16, per_class=5,
-                  steps=30 if quick else 300, batch_size=64, lr=0.05, seed=0)
-    return [base.replace(method=m) for m in ("ce", "kd", "kd+jacobian")]
+    from .data import SHAPE_CLASSES
+    from .experiments import quick_config
+    setting = {**DEMO_SETTING, **changes}
+    base = Config(**{**setting, "method": "ce", "seed": 0})
+    if quick:
+        base = quick_config(base)
+    per_epoch = math.ceil(base.per_class * len(SHAPE_CLASSES) / base.batch_size)
+    return base.replace(eval_every=max(1, round(base.steps / per_epoch / 10)))
 
 
-def _print_table(rows, columns):
-    from .results import to_markdown
-    print(to_markdown(rows, columns, floatfmt=".3f"))
+def demo_configs(quick: bool = False) -> list:
+    """The main job's runs: ``DEMO_METHODS`` students (cross-entropy, distillation, distillation +
+    Jacobian matching), each with every seed of ``DEMO_SEEDS``, on the setting of :func:`demo_base_config`."""
+    base = demo_base_config(quick)
+    return [base.replace(method=m, seed=s) for m in DEMO_METHODS for s in DEMO_SEEDS]
 
 
 def cmd_check(args) -> int:
@@ -150,8 +284,12 @@ def cmd_sweep(args) -> int:
         from .results import config_hash
         configs = list({config_hash(q.to_dict()): q for q in map(quick_config, configs)}.values())
     print(f"{len(configs)} runs in {args.spec}; results -> {args.store}")
-    sweep(configs, args.store, device=args.device, progress=not args.no_progress)
-    return 0
+    with _executor(args) as executor:
+        if executor is None:
+            sweep(configs, args.store, device=args.device, progress=not args.no_progress)
+            return 0
+        executor.run(configs, args.store)
+    return executor.summary()
 
 
 def cmd_report(args) -> int:
@@ -162,30 +300,48 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _plain(text: str) -> str:
+    return text.replace("**", "").replace("`", "")
+
+
 def cmd_demo(args) -> int:
+    import shlex
     from .experiments import get_teacher, run
-    from .report import accuracy_table, write_report
-    from .results import ResultStore
+    from .report import method_summary, verdict, write_demo_report
+    from .results import ResultStore, to_markdown
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
     configs = demo_configs(args.quick)
+    base = configs[0]
+    progress = not args.no_progress
     t0 = time.perf_counter()
-    print(f"jkt-lab demo: shapes dataset, teacher tiny CNN, students with ce / kd / kd+jacobian at "
-          f"{configs[0].per_class} images per class -> {out}/", flush=True)
-    _, info = get_teacher(configs[0], device=args.device, progress=not args.no_progress)
-    print(f"teacher: test accuracy {100 * info['metrics']['test_acc']:.1f}%", flush=True)
-    for c in configs:
-        r = run(c, store=store, device=args.device, progress=not args.no_progress)
-        m = r["metrics"]
-        print(f"  {c.method:12s} test accuracy {100 * m['test_acc']:5.1f}%   "
-              f"noise sigma=0.1: {100 * m['noise_acc']['0.1']:5.1f}%   "
-              f"saliency cosine to teacher: {m.get('saliency_cosine', float('nan')):.3f}", flush=True)
-    records = [r for r in store.records() if r["config"] in [c.to_dict() for c in configs]]
-    print()
-    _print_table(accuracy_table(records), None)
-    paths = write_report(records, out, title="jkt_lab demo: distillation with few images per class")
-    print(f"\nreport: {paths['html']}  ({time.perf_counter() - t0:.1f} s in all)")
+    print(f"jkt-lab demo: on the embedded {base.dataset} dataset, {base.student} students learn from "
+          f"{base.per_class} images per class ({base.steps} steps) with {', '.join(DEMO_METHODS)}; "
+          f"{len(DEMO_SEEDS)} seeds each -> {out}/", flush=True)
+    teacher, info = get_teacher(base, device=args.device, progress=progress)
+    chance = 1.0 / teacher.num_classes
+    print(f"teacher ({'shipped with the package' if info.get('shipped') else 'trained once, then cached'}): "
+          f"{base.teacher} CNN, test accuracy {100 * info['metrics']['test_acc']:.1f}%; "
+          f"chance is {100 * chance:.0f}% ({teacher.num_classes} classes)", flush=True)
+    records = [run(c, store=store, device=args.device, progress=progress) for c in configs]
+    elapsed = time.perf_counter() - t0
+    print(f"\nstudents, mean ± std over seeds {', '.join(map(str, DEMO_SEEDS))} "
+          f"(validation: images held out of the training set; test: {base.n_test} images):\n")
+    print(to_markdown(method_summary(records)))
+    lines = verdict(records, chance=chance)
+    print("verdict:\n" + "\n".join(f"  - {_plain(line)}" for line in lines))
+    report = out / "report.html"
+    next_steps = [f"Open the report in a browser (it works offline): {report}",
+                  "Open notebook 01, the noise/Jacobian equivalence behind the method, measured: "
+                  "`jupyter lab notebooks/01_noise_jacobian_equivalence.ipynb`",
+                  "Run the paper's experiments on CIFAR-10 (GPU; `--quick` is a toy run on the CPU): "
+                  "`jkt-lab reproduce --dataset cifar10`"]
+    paths = write_demo_report(records, out, command="jkt-lab " + shlex.join(args.argv), teacher_info=info,
+                              chance=chance, elapsed_s=elapsed, device="cpu", next_steps=next_steps)
+    print(f"\n{len(records)} students trained in {elapsed:.0f} s; report written in "
+          f"{time.perf_counter() - t0 - elapsed:.0f} s -> {paths['html']}")
+    print("next steps:\n" + "\n".join(f"  {i}. {_plain(line)}" for i, line in enumerate(next_steps, 1)))
     return 0
 
 
@@ -193,16 +349,28 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
     from .report import write_report
     parts = args.parts.split(",")
-    scale = args.scale
-    if scale == "auto":
-        from .train import resolve_device
-        scale = "gpu" if resolve_device(args.device).type == "cuda" else "cpu"
-    print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
-    times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
-                      progress=not args.no_progress, scale=scale)
+    with _executor(args) as executor:
+        scale = args.scale
+        if scale == "auto":  # by where the runs go: this machine, or the cluster's workers (--executor ray)
+            from .train import resolve_device
+            gpu = executor.gpu_per_run if executor is not None else resolve_device(args.device).type == "cuda"
+            scale = "gpu" if gpu else "cpu"
+        print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
+        times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
+                          progress=not args.no_progress, scale=scale, executor=executor)
     paths = write_report(args.store, args.report, title=f"Reproducing Srinivas & Fleuret (2018) on {args.dataset}"
                          + (" (quick, toy size)" if args.quick else ""), timings=times, plotlyjs=args.plotlyjs)
     print(f"wrote {paths['markdown']} and {paths['html']}")
+    return 0 if executor is None else executor.summary()
+
+
+def cmd_prepare_course(args) -> int:
+    from .course import prepare
+    from .experiments import runs_dir
+    t0 = time.perf_counter()
+    rows = prepare(quick=args.quick, device=args.device, progress=not args.no_progress)
+    _print_table(rows, ["part", "runs", "new", "seconds"])
+    print(f"course caches ready in {runs_dir()} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -258,19 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ship", metavar="NAME", default=None,
                    help="also write the teacher into the package (jkt_lab/teachers/NAME.pt, half precision) "
                         "with its card")
-    _add_config_options(p)
+    _add_config_options(p, "train-teacher")
     p.set_defaults(func=cmd_train_teacher)
 
     p = sub.add_parser("distill", help="one student run (trains the teacher first if needed)")
     _common(p)
     p.add_argument("--store", default=None, help="append the record to this JSON-lines results file")
-    _add_config_options(p)
+    _add_config_options(p, "distill")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("sweep", help="a grid of runs from a YAML/TOML spec; resumable (finished runs are skipped)")
     _common(p)
     p.add_argument("spec", help="YAML or TOML file with 'base' and 'grid' (or a list under 'sweeps')")
     p.add_argument("--store", required=True, help="JSON-lines results file")
+    _executor_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("reproduce", help="the paper's three experiments, resumable: --scale cpu (shipped teachers, 2 cores) or gpu; --quick: toy size")
@@ -283,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="results/reproduce.jsonl", help="JSON-lines results file")
     p.add_argument("--report", default="results", help="folder for REPORT.md and report.html")
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
+    _executor_options(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("robustness", help="robustness to noisy inputs, examined: teachers x students x sigma, the "
@@ -298,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimate", action="store_true", help="measure step costs and print how long the runs still "
                                                          "to do would take here, then stop")
     p.set_defaults(func=cmd_robustness)
+
+    p = sub.add_parser("prepare-course", help="build every cache the notebooks use (teachers, students, data) "
+                                              "before a class; resumable")
+    _common(p)
+    p.set_defaults(func=cmd_prepare_course)
 
     p = sub.add_parser("report", help="tables (REPORT.md) and plotly figures (report.html) from a results file")
     p.add_argument("results", help="JSON-lines results file")
@@ -322,14 +497,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "robustness":
         args.store = args.store or f"results/robustness-{args.dataset}/results.jsonl"
         args.report = args.report or str(Path(args.store).parent)
+    from . import progress
+    progress.set_enabled(not getattr(args, "no_progress", False))  # every bar, decoding bars included
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as exc:
         print(f"jkt-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished runs are saved", file=sys.stderr)
         return 130
+    finally:
+        progress.set_enabled(True)
 
 
 if __name__ == "__main__":

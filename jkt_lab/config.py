@@ -7,6 +7,7 @@ jacobian_weight, per_class).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = ["Config", "JACOBIAN_OUTPUTS", "SCHEDULES", "quick_mode"]
 
 JACOBIAN_OUTPUTS = ("top1", "label", "random", "all")
 SCHEDULES = ("cosine", "step", "constant")
+UNSET_OMITTED = ("data_path", "data_fingerprint", "image_size")  # left out of to_dict() while None
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class Config:
 
     # what is trained
     dataset: str = "shapes"
+    data_path: str | None = None          # your data: a folder (imagefolder), .npz (npz); or cifar10-jpeg, indoor67
+    data_fingerprint: str | None = None   # content hash of the data at data_path; filled in when a run starts
+    image_size: int | None = None         # images resized to image_size^2 (imagefolder: shorter side + centre crop)
     per_class: int | None = 5             # training images per class (None: all)
     method: str = "kd+jacobian"
     student: str = "tiny"
@@ -91,7 +96,7 @@ class Config:
         for name in ("epochs", "teacher_epochs", "n_samples", "batch_size", "teacher_batch_size"):
             check_int(getattr(self, name), name, minimum=1 if "epochs" not in name else 0)
         check_int(self.teacher_seed, "teacher_seed", minimum=0)
-        for name in ("n_train", "n_test"):
+        for name in ("n_train", "n_test", "image_size"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)
         for name in ("steps", "eval_every"):
@@ -109,19 +114,49 @@ class Config:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(check_int(c, name, minimum=0) for c in value))
+        self._check_data()
+
+    def _check_data(self) -> None:
+        from .data import PATH_DATASETS, USER_DATASETS
+        if isinstance(self.data_path, os.PathLike):
+            object.__setattr__(self, "data_path", os.fspath(self.data_path))
+        for name in ("data_path", "data_fingerprint"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise TypeError(f"{name} must be a non-empty str or None, got {value!r}")
+        if self.data_path is None:
+            if self.dataset in USER_DATASETS:
+                what = "folder (ImageFolder layout)" if self.dataset == "imagefolder" else ".npz file"
+                raise ValueError(f"dataset {self.dataset!r} reads your own data: set data_path "
+                                 f"(--data-path) to the {what}")
+            if self.data_fingerprint is not None:
+                raise ValueError(f"data_fingerprint={self.data_fingerprint!r} needs a data_path "
+                                 f"(the data it fingerprints)")
+        elif self.dataset not in PATH_DATASETS:
+            raise ValueError(f"data_path={self.data_path!r} is for the datasets {', '.join(PATH_DATASETS)}; "
+                             f"dataset {self.dataset!r} takes no data_path")
 
     def replace(self, **changes) -> "Config":
+        """A checked copy with ``changes``; a new ``data_path`` drops the old ``data_fingerprint``
+        (unless one is given), which belonged to the old data."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown Config field(s) {sorted(unknown)}; valid fields: "
                              f"{', '.join(f.name for f in dataclasses.fields(self))}")
+        if changes.get("data_path", self.data_path) != self.data_path:
+            changes.setdefault("data_fingerprint", None)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able fields. The data fields ``UNSET_OMITTED`` appear only when set, so the
+        dict (and hash) of a run that leaves them unset is what it was before they existed."""
         d = dataclasses.asdict(self)
         for k in ("classes", "teacher_classes"):
             if d[k] is not None:
                 d[k] = list(d[k])
+        for k in UNSET_OMITTED:
+            if d[k] is None:
+                del d[k]
         return d
 
     @classmethod
@@ -136,13 +171,15 @@ class Config:
         """The config that trains this run's teacher: cross-entropy on all of its data.
 
         It is built from the teacher's own fields (``teacher*``) and its training data
-        (``dataset``, ``n_train``, ``teacher_classes``) only, so a teacher's identity (its cache
-        key and card) never changes with the student's batch size, learning rate, schedule or
-        test subset (``n_test``: the teacher is evaluated on all test images). Everything else
-        keeps :class:`Config`'s defaults.
+        (``dataset``, ``data_path``, ``data_fingerprint``, ``image_size``, ``n_train``,
+        ``teacher_classes``) only, so a teacher's identity (its cache key and card) never changes
+        with the student's batch size, learning rate, schedule or test subset (``n_test``: the
+        teacher is evaluated on all test images), and does change with the data's content.
+        Everything else keeps :class:`Config`'s defaults.
         """
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("teacher")}
-        return Config(dataset=self.dataset, n_train=self.n_train, classes=self.teacher_classes,
+        return Config(dataset=self.dataset, data_path=self.data_path, data_fingerprint=self.data_fingerprint,
+                      image_size=self.image_size, n_train=self.n_train, classes=self.teacher_classes,
                       per_class=None, method="ce", student=self.teacher, student_width=self.teacher_width,
                       epochs=self.teacher_epochs, seed=self.teacher_seed, batch_size=self.teacher_batch_size,
                       lr=self.teacher_lr, weight_decay=self.teacher_weight_decay, schedule=self.teacher_schedule,
@@ -153,5 +190,4 @@ class Config:
 def quick_mode() -> bool:
     """True when the environment variable ``JKT_LAB_QUICK`` is set to 1/true/yes: notebooks, the
     demo and the reproduce grid then run the same code on tiny sizes (as pyro's smoke tests do)."""
-    import os
     return os.environ.get("JKT_LAB_QUICK", "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,23 +1,37 @@
 """"Check your understanding" exercises of the notebooks, with a checker.
 
-    from jkt_lab.exercises import check, hint, question
-    question("01.cross_terms")          # the question again
-    check("01.cross_terms", 0.34)       # feedback: right, or what to look at
-    hint("01.cross_terms")
+    from jkt_lab import exercises as ex
+    ex.question("01.cross_terms")          # the question again
+    ex.check("01.cross_terms", 0.34)       # feedback: right, or what to look at
+    ex.hint("01.cross_terms")
+
+Two sorts of exercise:
+
+* **questions** (``kind`` number, choice or set): the learner predicts or computes a value and
+  :func:`check` compares it with the stored answer;
+* **fill-in code** (``kind`` "code"): the learner completes a function in a notebook cell (its
+  body starts as ``raise NotImplementedError("write me")``) and ``check(id, function)`` runs it
+  against the library on random inputs. The feedback names what differs (shape, reduction, a
+  missing ``create_graph``, a missing ``detach``...). :func:`use` returns the learner's function
+  once it passes, else the library's own with a message, so the cells after a blank fill-in
+  still run (the notebooks run green under nbval exactly as a learner first sees them).
 
 Ids are ``"<notebook number>.<name>"``. :func:`check` returns a :class:`Feedback`: true when the
-answer is right, and shown as its message. Answers are stored base64-encoded below: hidden from a
+answer is right, and shown as its message. Answers are stored base64-encoded: hidden from a
 casual glance, not from a determined reader (:func:`solution` reveals one on purpose).
 """
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Exercise", "Feedback", "EXERCISES", "check", "hint", "question", "solution", "exercises"]
+__all__ = ["Exercise", "Feedback", "EXERCISES", "check", "hint", "question", "solution", "exercises", "use",
+           "code_exercises"]
 
 
 def _enc(value) -> str:
@@ -30,13 +44,15 @@ def _dec(token: str):
 
 @dataclass(frozen=True)
 class Exercise:
-    """One question. ``kind``: ``"number"`` (within ``rel_tol``/``abs_tol``), ``"choice"`` (one
-    letter of ``options``), ``"set"`` (a collection of names, order ignored)."""
+    """One exercise. ``kind``: ``"number"`` (within ``rel_tol``/``abs_tol``), ``"choice"`` (one
+    letter of ``options``), ``"set"`` (a collection of names, order ignored) or ``"code"`` (a
+    function, checked against the library; ``answer`` holds a solution's source and
+    ``extra["function"]`` the function's name)."""
 
     id: str
     question: str
     kind: str
-    answer: str                     # base64 of the JSON-encoded expected answer
+    answer: str                     # base64 of the JSON-encoded expected answer (code: the solution's source)
     hint: str
     explanation: str
     options: tuple[str, ...] = ()
@@ -64,14 +80,477 @@ class Feedback:
         return self.message
 
     def _repr_markdown_(self) -> str:
-        return self.message
+        mark = {True: "✅", False: "❌", None: "✏️"}[self.correct]
+        return f"{mark} {self.message}"
+
+
+class _Text(str):
+    """A string that shows as itself (not as a quoted repr) in a notebook; code in a code block."""
+
+    def __new__(cls, text: str, code: str | None = None):
+        obj = super().__new__(cls, text)
+        obj.code = code
+        return obj
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_markdown_(self) -> str:
+        if self.code is None:
+            return str(self)
+        rest = str(self)[len(self.code):].strip()
+        return f"```python\n{self.code.rstrip()}\n```\n\n{rest}"
 
 
 def _ex(id, question, kind, answer, hint, explanation, **kw) -> Exercise:
-    return Exercise(id, question, kind, _enc(answer), hint, explanation, **kw)
+    extra = kw.pop("extra", {})
+    if kw.pop("fraction", False):
+        extra = {**extra, "fraction": True}
+    return Exercise(id, question, kind, _enc(answer), hint, explanation, extra=extra, **kw)
 
 
-_LIST = [
+# --------------------------------------------------------------------------- fill-in code exercises
+# A solution is plain source, run by the tests (and revealed by solution()); the checkers compare
+# the learner's function with the library on random inputs and name what differs.
+
+_SOLUTION_NORMALIZED_LOSS = '''\
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    s = student_jac.flatten(2)                       # (batch, outputs, input dimensions)
+    t = teacher_jac.detach().flatten(2)              # the teacher's Jacobian is a constant target
+    s = s / s.norm(dim=2, keepdim=True)              # each (example, output) row to unit length
+    t = t / t.norm(dim=2, keepdim=True)
+    return (t - s).pow(2).sum(dim=2).sum(dim=1).mean()   # sum over outputs, mean over the batch
+'''
+
+_SOLUTION_MONTE_CARLO = '''\
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    z = torch.randn(n_samples, *x.shape, dtype=x.dtype)      # n_samples noisy copies of the batch
+    noisy = (x + sigma * z).flatten(0, 1)                     # the same copy goes to both networks
+    with torch.no_grad():
+        return (teacher(noisy) - student(noisy)).pow(2).sum(dim=1).mean()   # sum over outputs
+'''
+
+_SOLUTION_TOP1_JACOBIAN = '''\
+def top1_jacobian(model, x):
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    top1 = logits.argmax(dim=1, keepdim=True)       # (batch, 1): each example's most likely class
+    chosen = logits.gather(1, top1).sum()           # eval mode: examples are independent, so the
+    (jac,) = torch.autograd.grad(chosen, x)         # gradient of the sum is each example's own row
+    return jac.unsqueeze(1)                         # (batch, 1, C, H, W)
+'''
+
+_SOLUTION_JACOBIAN_STEP = '''\
+def jacobian_matching_step(student, teacher, x, optimizer, jacobian_weight=1.0):
+    x = x.detach().requires_grad_(True)
+    t_logits = teacher(x)
+    top1 = t_logits.argmax(dim=1, keepdim=True)                       # the teacher chooses the output
+    (j_t,) = torch.autograd.grad(t_logits.gather(1, top1).sum(), x)  # no graph: a constant target
+    s_logits = student(x)
+    (j_s,) = torch.autograd.grad(s_logits.gather(1, top1).sum(), x, create_graph=True)
+    loss = jacobian_weight * losses.jacobian_loss(j_s.unsqueeze(1), j_t.detach().unsqueeze(1), "normalized")
+    optimizer.zero_grad()
+    loss.backward()                                                   # back-propagates through j_s
+    optimizer.step()
+    return float(loss.detach())
+'''
+
+
+class _Blank(Exception):
+    """The learner's function still raises NotImplementedError."""
+
+
+class _Raised(Exception):
+    """The learner's function raised ``error`` (kept apart from a checker's own errors)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError as err:
+        raise _Blank() from err
+    except Exception as err:
+        raise _Raised(err) from err
+
+
+def _call_autograd(fn, *args, no_graph: str, **kwargs):
+    """``(result, None)``, or ``(None, no_graph)`` when the learner's function hit autograd's
+    "nothing to differentiate" error (a tensor without a graph)."""
+    try:
+        return _call(fn, *args, **kwargs), None
+    except _Raised as err:
+        if "does not require grad" in str(err) or "does not have a grad_fn" in str(err):
+            return None, no_graph
+        raise
+
+
+def _tensor(value, what: str):
+    """The learner's return value as a tensor, or a message saying what was expected."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return value, None
+    try:
+        return torch.tensor(float(value), dtype=torch.float64), None
+    except (TypeError, ValueError):
+        return None, f"expected {what}, got {type(value).__name__}"
+
+
+def _close(a, b, rtol=1e-5, atol=1e-8) -> bool:
+    import torch
+    return a.shape == b.shape and bool(torch.allclose(a.detach().to(b.dtype), b, rtol=rtol, atol=atol))
+
+
+def _check_normalized_loss(fn) -> tuple[bool, str]:
+    import torch
+    import torch.nn.functional as F
+
+    from .losses import jacobian_loss
+    gen = torch.Generator().manual_seed(11)
+    s = torch.randn(4, 3, 2, 5, 5, generator=gen, dtype=torch.float64)
+    t = 7.0 * torch.randn(4, 3, 2, 5, 5, generator=gen, dtype=torch.float64)   # another scale
+    s_in, t_in = s.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    out, problem = _tensor(_call(fn, s_in, t_in), "a 0-dim tensor (one number)")
+    if problem:
+        return False, problem
+    ref = jacobian_loss(s, t, "normalized")
+    if out.shape != ():
+        if tuple(out.shape) == (4,):
+            return False, "shape: you returned one value per example, shape (4,); take the mean over the batch."
+        if tuple(out.shape) == (4, 3):
+            return False, ("shape: you returned one value per example and output, shape (4, 3); sum over the "
+                           "outputs, then take the mean over the batch.")
+        return False, f"shape: expected a 0-dim tensor (one number), got shape {tuple(out.shape)}."
+    if not _close(out, ref):
+        sf, tf = s.flatten(2), t.flatten(2)
+        unit = lambda a, dims: a / a.pow(2).sum(dim=dims, keepdim=True).sqrt()  # noqa: E731
+        per_row = (F.normalize(tf, dim=2) - F.normalize(sf, dim=2)).pow(2).sum(dim=2)
+        known = [
+            ((tf - sf).pow(2).sum(dim=2).sum(dim=1).mean(),
+             "that is the squared distance of the raw Jacobians: normalise each one to unit length first "
+             "(divide by its l2 norm over the input dimensions)."),
+            (ref / 2, "that is 1 - cos, half the loss: the squared distance of two unit vectors is 2 - 2 cos."),
+            (ref / 3, "reduction: you averaged over the outputs; the loss sums over the outputs and averages "
+                      "over the batch."),
+            (ref * 4, "reduction: you summed over the batch; average over the examples instead."),
+            (per_row.mean() / 1, "reduction: you averaged over examples and outputs together; sum over the "
+                                 "outputs, then average over the batch."),
+            ((unit(tf, (0, 1, 2)) - unit(sf, (0, 1, 2))).pow(2).sum() / 4,
+             "you normalised the whole batch at once; normalise each (example, output) row over its own "
+             "input dimensions."),
+            ((unit(tf, (1, 2)) - unit(sf, (1, 2))).pow(2).sum(dim=(1, 2)).mean(),
+             "you normalised each example over all its outputs together; normalise each output's row on its own."),
+            ((unit(t, -1) - unit(s, -1)).pow(2).sum(dim=(2, 3, 4)).sum(dim=1).mean(),
+             "you normalised over the last axis only; flatten the input dimensions (C, H, W) first and "
+             "normalise over all of them."),
+        ]
+        for value, message in known:
+            if _close(out, value):
+                return False, message
+        return False, (f"on random Jacobians of shape (4, 3, 2, 5, 5) your loss is {float(out):.6g}, the library's "
+                       f"{float(ref):.6g}.")
+    if not out.requires_grad:
+        return False, ("no gradient reaches student_jac: did you detach it or turn it into a float? The student "
+                       "learns through this loss.")
+    (g_t,) = torch.autograd.grad(out, t_in, retain_graph=True, allow_unused=True)
+    if g_t is not None and bool(g_t.abs().max() > 0):
+        return False, ("the value is right, but the loss sends gradients into teacher_jac: the teacher's Jacobian "
+                       "is a constant target, use teacher_jac.detach().")
+    return True, ""
+
+
+def _toy_networks():
+    from .nbtools import toy_pair
+    return toy_pair("tanh", n_examples=8)
+
+
+def _mc_reference(teacher, student, x, sigma, chunks: int = 10, n: int = 1000) -> tuple[float, float]:
+    """The library's Monte-Carlo estimate (``losses.noisy_distillation_loss``, squared error) from
+    ``chunks`` independent runs of ``n`` samples: ``(mean, standard error)``."""
+    import statistics
+
+    from .losses import noisy_distillation_loss
+    values = [float(noisy_distillation_loss(student, teacher, x, sigma, n, loss="squared", seed=100 + i).detach())
+              for i in range(chunks)]
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(chunks)
+
+
+def _check_monte_carlo(fn) -> tuple[bool, str]:
+    import torch
+
+    from .losses import activation_loss
+    teacher, student, x = _toy_networks()
+    sigma, n = 0.5, 2000
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1234)
+    try:
+        out, problem = _tensor(_call(fn, teacher, student, x.clone(), sigma, n), "a number (a 0-dim tensor or a float)")
+    finally:
+        torch.random.set_rng_state(state)
+    if problem:
+        return False, problem
+    if out.numel() != 1:
+        return False, (f"shape: expected one number, got shape {tuple(out.shape)}; average over the noise samples "
+                       "and the examples.")
+    value = float(out.detach())
+    if not math.isfinite(value):
+        return False, f"your estimate is {value}."
+    ref, stderr = _mc_reference(teacher, student, x, sigma)
+    tol = 5 * stderr * math.sqrt(1 + 10 * 1000 / n)    # both estimates' Monte-Carlo error, 5 standard errors
+    if abs(value - ref) <= tol:
+        return True, ""
+    with torch.no_grad():
+        noise_free = float(activation_loss(student(x), teacher(x)))
+        gen = torch.Generator().manual_seed(3)
+        z1, z2 = (torch.randn(n, *x.shape, generator=gen, dtype=x.dtype) for _ in range(2))
+        split = float((teacher((x + sigma * z1).flatten(0, 1)) - student((x + sigma * z2).flatten(0, 1)))
+                      .pow(2).sum(dim=1).mean())
+    low, _ = _mc_reference(teacher, student, x, sigma ** 2, chunks=3)
+    k, batch = 5, x.shape[0]
+    known = [
+        (noise_free, 1e-6, "your estimate is the noise-free loss: add the noise, x + sigma * z with "
+                           "z ~ N(0, I) (torch.randn_like(x))."),
+        (low, tol, "the noise is too small: z is scaled by sigma (the standard deviation), not by sigma^2 (the variance)."),
+        (ref / k, tol / k, "reduction: sum the squared differences over the outputs; you averaged them."),
+        (ref * batch, tol * batch, "reduction: average over the examples (and the noise samples); you summed over "
+                                   "the examples."),
+        (split, 3 * tol, "teacher and student must see the same noisy copy x + sigma z; you drew the noise twice."),
+    ]
+    for target, within, message in known:
+        if abs(value - target) <= within:
+            return False, message
+    return False, (f"at sigma = {sigma} on notebook 01's tanh pair your estimate is {value:.5g}; the library's "
+                   f"Monte Carlo gives {ref:.5g} ± {stderr:.1g} (noise-free {noise_free:.5g}).")
+
+
+def _image_models(seed_teacher: int = 0, seed_student: int = 1):
+    import torch
+
+    from .models import build_model
+    teacher = build_model("tiny", 10, width=4, seed=seed_teacher).eval()
+    student = build_model("tiny", 10, width=4, seed=seed_student).eval()
+    x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    return teacher, student, x
+
+
+def _check_top1_jacobian(fn) -> tuple[bool, str]:
+    import torch
+
+    from .jacobian import jacobian
+    model, _, x = _image_models()
+    result, problem = _call_autograd(fn, model, x.clone(), no_graph=(
+        "x must require grad before the forward pass (x = x.detach().requires_grad_(True)), else autograd has "
+        "nothing to differentiate with respect to."))
+    out, problem = (None, problem) if problem else _tensor(result, "a tensor of shape (batch, 1, C, H, W)")
+    if problem:
+        return False, problem
+    ref = jacobian(model, x, "top1")[0]
+    shape = tuple(out.shape)
+    if shape == tuple(x.shape):
+        return False, ("shape: you returned (batch, C, H, W); the library's layout is (batch, 1, C, H, W), one row "
+                       "per matched output (jac.unsqueeze(1)), the shape jacobian_loss takes.")
+    if shape == (x.shape[0], 10, *x.shape[1:]):
+        return False, "shape: that is the Jacobian of every output; keep only each example's top-1 logit."
+    if shape != tuple(ref.shape):
+        return False, f"shape: expected {tuple(ref.shape)} for x of shape {tuple(x.shape)}, got {shape}."
+    if _close(out, ref, 1e-4, 1e-7):
+        return True, ""
+    xg = x.clone().requires_grad_(True)
+    logits = model(xg)
+    candidates = {
+        "mean": ref / x.shape[0],
+        "all": torch.autograd.grad(logits.sum(), xg, retain_graph=True)[0].unsqueeze(1),
+        "prob": torch.autograd.grad(logits.softmax(1).max(1).values.sum(), xg, retain_graph=True)[0].unsqueeze(1),
+        "logprob": torch.autograd.grad(logits.log_softmax(1).max(1).values.sum(), xg)[0].unsqueeze(1),
+    }
+    messages = {
+        "mean": ("reduction: you averaged the top-1 logits over the batch, so every Jacobian is 1/batch too small; "
+                 "sum them (in eval mode examples are independent: row i of the gradient of the sum is example i's own)."),
+        "all": "you differentiated the sum of all logits; select each example's top-1 logit first (logits.gather).",
+        "prob": "you differentiated the softmax probability; differentiate the top-1 logit itself.",
+        "logprob": "you differentiated the log-probability; differentiate the top-1 logit itself.",
+    }
+    for name, value in candidates.items():
+        if _close(out, value, 1e-4, 1e-7):
+            return False, messages[name]
+    nonzero = int((out.flatten(1).abs().amax(dim=1) > 0).sum())
+    if nonzero == 1:
+        return False, ("only one example got a non-zero Jacobian: take the maximum per example (dim=1), not over "
+                       "the whole batch.")
+    return False, "the values differ from the library's top-1 Jacobian (jkt_lab.jacobian.jacobian(model, x, 'top1'))."
+
+
+def _library_step(student, teacher, x, optimizer, jacobian_weight=1.0):
+    """The reference for ``03.jacobian_step``: the library's Jacobian term alone, one SGD step."""
+    from .jacobian import matched_jacobians
+    from .losses import jacobian_loss
+    j_s, j_t, _, _ = matched_jacobians(student, teacher, x, "top1", create_graph=True)
+    loss = jacobian_weight * jacobian_loss(j_s, j_t, "normalized")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _check_jacobian_step(fn) -> tuple[bool, str]:
+    import torch
+
+    from .losses import jacobian_loss
+    teacher, student, x = _image_models()
+    lr, weight = 0.5, 0.5
+
+    def fresh():
+        s = copy.deepcopy(student)
+        return s, torch.optim.SGD(s.parameters(), lr=lr)
+
+    ref_student, ref_opt = fresh()
+    ref_loss = _library_step(ref_student, teacher, x, ref_opt, jacobian_weight=weight)
+    mine, opt = fresh()
+    for p in mine.parameters():
+        p.grad = torch.ones_like(p)        # stale gradients: only zero_grad() removes them
+    for p in teacher.parameters():
+        p.grad = None
+    result, problem = _call_autograd(fn, mine, teacher, x.clone(), opt, jacobian_weight=weight, no_graph=(
+        "loss.backward() found no graph: compute the student's Jacobian with create_graph=True (double "
+        "backpropagation), else it is a constant and the student gets no gradient."))
+    loss, problem = (None, problem) if problem else _tensor(result, "the loss (a float or a 0-dim tensor)")
+    if problem:
+        return False, problem
+    if any(p.grad is not None and bool(p.grad.abs().max() > 0) for p in teacher.parameters()):
+        return False, ("the teacher received gradients: compute its Jacobian without create_graph (or .detach() "
+                       "it); it is a constant target, and only the student learns.")
+    before = dict(student.named_parameters())
+    after_ref, after = dict(ref_student.named_parameters()), dict(mine.named_parameters())
+    moved = any(not torch.equal(after[k], before[k]) for k in before)
+    if not moved:
+        if all(p.grad is not None for p in mine.parameters()):
+            return False, "the student did not move: call optimizer.step() after loss.backward()."
+        return False, "the student did not move: call loss.backward() and optimizer.step()."
+    if not math.isclose(float(loss.detach()), ref_loss, rel_tol=1e-4, abs_tol=1e-6):
+        from .jacobian import jacobian
+        own = student(x).argmax(dim=1)                 # the student's top-1 instead of the teacher's
+        student_choice = weight * float(jacobian_loss(jacobian(student, x, own)[0], jacobian(teacher, x, own)[0]))
+        if math.isclose(float(loss), student_choice, rel_tol=1e-4):
+            return False, ("both Jacobians must be of the output the teacher chooses (the teacher's top-1 class); "
+                           "you used the student's.")
+        if math.isclose(float(loss), ref_loss / weight, rel_tol=1e-4):
+            return False, "multiply the loss by jacobian_weight."
+        return False, f"your loss is {float(loss):.6g}, the library's {ref_loss:.6g} (same student, teacher and batch)."
+    stale = all(torch.allclose(after[k], after_ref[k] - lr, atol=1e-5) for k in before)
+    if stale:
+        return False, "call optimizer.zero_grad() before loss.backward(): gradients of earlier steps were added in."
+    if not all(torch.allclose(after[k], after_ref[k], rtol=1e-4, atol=1e-6) for k in before):
+        return False, "the loss is right but the step differs from the library's: back-propagate the loss once, then step."
+    return True, ""
+
+
+def _library_monte_carlo(teacher, student, x, sigma, n_samples):
+    from .losses import noisy_distillation_loss
+    return noisy_distillation_loss(student, teacher, x, sigma, n_samples, loss="squared", seed=0).detach()
+
+
+def _library_normalized_loss(student_jac, teacher_jac):
+    from .losses import jacobian_loss
+    return jacobian_loss(student_jac, teacher_jac, "normalized")
+
+
+def _library_top1_jacobian(model, x):
+    from .jacobian import jacobian
+    return jacobian(model, x, "top1")[0]
+
+
+#: id -> (checker, the library's function with the same signature, how the fallback is named)
+_CODE: dict[str, tuple[Callable, Callable, str]] = {
+    "01.normalized_loss": (_check_normalized_loss, _library_normalized_loss,
+                           'losses.jacobian_loss(student_jac, teacher_jac, "normalized")'),
+    "01.monte_carlo": (_check_monte_carlo, _library_monte_carlo,
+                       'losses.noisy_distillation_loss(student, teacher, x, sigma, n_samples, loss="squared")'),
+    "02.top1_jacobian": (_check_top1_jacobian, _library_top1_jacobian, 'jkt_lab.jacobian.jacobian(model, x, "top1")'),
+    "03.jacobian_step": (_check_jacobian_step, _library_step,
+                         "jacobian.matched_jacobians + losses.jacobian_loss, one SGD step"),
+}
+
+_CODE_LIST = [
+    _ex("01.normalized_loss",
+        "Write normalized_jacobian_loss(student_jac, teacher_jac), the loss of Section 3.2. Both arguments have "
+        "shape (batch, outputs, *input_shape). Return a 0-dim tensor: the mean over the batch of the sum over "
+        "outputs of ||J_T/||J_T|| - J_S/||J_S|| ||^2, each Jacobian row normalised over its input dimensions.",
+        "code", _SOLUTION_NORMALIZED_LOSS,
+        "Flatten the input dimensions (.flatten(2)), divide each row by its norm (norm(dim=2, keepdim=True)), take "
+        "the squared distance, sum over outputs, mean over the batch. The teacher's Jacobian is a target: detach it.",
+        "Normalising first makes the loss 2 - 2 cos(J_T, J_S): bounded by 4 and blind to either Jacobian's scale. "
+        "(The library's version also guards against an all-zero Jacobian with a tiny eps.)",
+        extra={"function": "normalized_jacobian_loss"}),
+    _ex("01.monte_carlo",
+        "Write noisy_loss_mc(teacher, student, x, sigma, n_samples): a Monte-Carlo estimate of "
+        "E_z[ sum_i (T_i(x + sigma z) - S_i(x + sigma z))^2 ], z ~ N(0, I), averaged over the examples of x "
+        "(the left-hand side of Proposition 1), from n_samples noise draws. Return one number.",
+        "code", _SOLUTION_MONTE_CARLO,
+        "Draw z with torch.randn (one per sample and example), feed the same x + sigma * z to both networks, sum "
+        "the squared differences over the outputs, then average over samples and examples.",
+        "An average over noisy copies: its error shrinks like 1/sqrt(n_samples), which is why notebook 01 "
+        "measures the sigma^2 term with moment-matched samples instead.",
+        extra={"function": "noisy_loss_mc"}),
+    _ex("02.top1_jacobian",
+        "Write top1_jacobian(model, x): for a batch x (batch, C, H, W) and a model in eval mode, the gradient of "
+        "each example's top-1 logit with respect to its input, shape (batch, 1, C, H, W). Use torch.autograd.grad.",
+        "code", _SOLUTION_TOP1_JACOBIAN,
+        "x.detach().requires_grad_(True); logits = model(x); pick each row's largest logit (argmax, then gather); "
+        "sum them and call torch.autograd.grad(that_sum, x); add the outputs axis with unsqueeze(1).",
+        "One backward pass gives every example's row because, in eval mode, example i's logit depends on x_i "
+        "only. (In train mode BatchNorm couples the examples of a batch; the library's training step handles it.)",
+        extra={"function": "top1_jacobian"}),
+    _ex("03.jacobian_step",
+        "Write jacobian_matching_step(student, teacher, x, optimizer, jacobian_weight=1.0): one optimiser step on "
+        "jacobian_weight * (2 - 2 cos) between the student's and the teacher's Jacobians of the teacher's top-1 "
+        "output (models in eval mode). Return the loss as a float.",
+        "code", _SOLUTION_JACOBIAN_STEP,
+        "Two autograd.grad calls: the teacher's without a graph (a constant), the student's with create_graph=True "
+        "so the loss can back-propagate through it. Then zero_grad, backward, step.",
+        "create_graph=True keeps the graph of the student's backward pass, so loss.backward() differentiates the "
+        "Jacobian itself with respect to the weights (double backpropagation, about twice a KD step's cost).",
+        extra={"function": "jacobian_matching_step"}),
+]
+
+
+def _check_code(e: Exercise, fn) -> Feedback:
+    if not callable(fn):
+        return Feedback(e.id, False, f"{e.id}: expected your function ({e.extra['function']}), got {fn!r}.")
+    checker = _CODE[e.id][0]
+    try:
+        ok, why = checker(fn)
+    except _Blank:
+        return Feedback(e.id, None, f"{e.id}: not written yet: {e.extra['function']} still raises "
+                                    f"NotImplementedError. Write its body, then run this cell again "
+                                    f"(hint({e.id!r}) gives a hint, solution({e.id!r}) shows one).")
+    except _Raised as raised:  # the learner's code failed: say how, and where to look
+        err = raised.error
+        return Feedback(e.id, False, f"{e.id}: your function raised {type(err).__name__}: {err}. Hint: {e.hint}")
+    if ok:
+        return Feedback(e.id, True, f"{e.id}: correct: it agrees with the library on random inputs. {e.explanation}")
+    return Feedback(e.id, False, f"{e.id}: not quite: {why}")
+
+
+def use(exercise_id: str, fn: Callable) -> Callable:
+    """The learner's function when it passes :func:`check`, else the library's own (with a message),
+    so that the cells after a fill-in run either way."""
+    e = _get(exercise_id)
+    if e.kind != "code":
+        raise ValueError(f"use() takes a fill-in code exercise ({', '.join(code_exercises())}), got {exercise_id!r}")
+    feedback = check(exercise_id, fn)
+    name = e.extra["function"]
+    if feedback.correct:
+        print(f"{exercise_id}: the cells below use your {name}.")
+        return fn
+    state = "is not written yet" if feedback.correct is None else "does not pass its check yet"
+    print(f"{exercise_id}: your {name} {state}, so the cells below use the library's: {_CODE[exercise_id][2]}.")
+    return _CODE[exercise_id][1]
+
+
+_LIST = _CODE_LIST + [
     # ---------------------------------------------------------------- 01 noise and Jacobians
     _ex("01.cross_terms",
         "One output, first order: T(x + sigma z) - S(x + sigma z) = f + sigma g^T z with z ~ N(0, I). "
@@ -80,8 +559,9 @@ _LIST = [
         "Expand the square: f^2 + 2 sigma f E[g^T z] + sigma^2 E[(g^T z)^2]. What are E[z] and E[z z^T]?",
         "E[z] = 0 kills the cross term and E[z z^T] = I gives sigma^2 ||g||^2: 0.25 + 0.01 * 9 = 0.34."),
     _ex("01.sigma4",
-        "The third-order Taylor term is cubic in z, so its expectation vanishes. Which power of sigma "
-        "does the first term after sigma^2 carry?",
+        "Predict before you run the sweep: the terms of order sigma^3 are cubic in z, so their expectation "
+        "vanishes. Which power of sigma does the first term after sigma^2 carry (the slope of |MC - prediction| "
+        "on the log-log plot below)?",
         "number", 4,
         "Odd moments of a centred Gaussian vanish; the next even moment is E[z_i z_j z_k z_l].",
         "Only even orders survive: the remainder after the sigma^2 term is O(sigma^4), hence slope 4 for "
@@ -116,7 +596,20 @@ _LIST = [
         "fraction) does a random saliency map get on average?",
         "number", 0.12,
         "A random map picks its top pixels uniformly.",
-        "Uniformly chosen pixels fall on the object with probability equal to the object's area: 0.12."),
+        "Uniformly chosen pixels fall on the object with probability equal to the object's area: 0.12.",
+        fraction=True),
+    _ex("02.weak_test",
+        "mask_overlap's 'chance' is the object's area: what a map of random values gets. The teacher's saliency "
+        "beats it. Which other maps beat it too, although they never learned anything about the objects?",
+        "choice", "b",
+        "Where do the objects of the shapes dataset sit, and what would a map that never looks at the image score?",
+        "(b): in notebook 02 an untrained network of the teacher's architecture and a fixed Gaussian blob in the "
+        "image centre both score far above chance (the blob even above the teacher), so 'beats chance' is no "
+        "evidence that a model looks at the object. Compare with baselines measured the same way "
+        "(saliency.overlap_baselines).",
+        options=("(a) none: beating chance shows that a model attends to the object",
+                 "(b) an untrained network of the same architecture, and a fixed blob in the image centre",
+                 "(c) only a map equal to the ground-truth mask")),
     _ex("02.top1_vs_label",
         "For an image the teacher gets wrong, which Jacobians differ?",
         "choice", "b",
@@ -198,20 +691,27 @@ def exercises(notebook: str | int | None = None) -> list[str]:
     return [k for k in EXERCISES if k.startswith(prefix)]
 
 
+def code_exercises(notebook: str | int | None = None) -> list[str]:
+    """Ids of the fill-in code exercises (all, or one notebook's)."""
+    return [k for k in exercises(notebook) if EXERCISES[k].kind == "code"]
+
+
 def question(exercise_id: str) -> str:
     """The question text (with its options, for multiple choice)."""
     e = _get(exercise_id)
-    return "\n".join([e.question, *e.options])
+    return _Text("\n".join([e.question, *e.options]))
 
 
 def hint(exercise_id: str) -> str:
-    return _get(exercise_id).hint
+    return _Text(_get(exercise_id).hint)
 
 
 def solution(exercise_id: str) -> str:
-    """The expected answer and why (spoils the exercise)."""
+    """The expected answer and why (spoils the exercise); for a fill-in, a solution's code."""
     e = _get(exercise_id)
-    return f"answer: {e.expected!r}. {e.explanation}"
+    if e.kind == "code":
+        return _Text(f"{e.expected}\n{e.explanation}", code=e.expected)
+    return _Text(f"answer: {e.expected!r}. {e.explanation}")
 
 
 def _as_number(answer):
@@ -223,17 +723,24 @@ def _as_number(answer):
 
 
 def check(exercise_id: str, answer) -> Feedback:
-    """Compare ``answer`` with the expected one; returns :class:`Feedback` (true when right)."""
+    """Compare ``answer`` with the expected one (for a fill-in: run the function against the
+    library); returns :class:`Feedback` (true when right)."""
     e = _get(exercise_id)
     if answer is None or answer is Ellipsis:
-        return Feedback(e.id, None, f"{e.id}: not answered yet: replace None with your answer "
+        what = "your function" if e.kind == "code" else "your answer"
+        return Feedback(e.id, None, f"{e.id}: not answered yet: replace None with {what} "
                                     f"(hint({e.id!r}) gives a hint).")
+    if e.kind == "code":
+        return _check_code(e, answer)
     expected = e.expected
     if e.kind == "number":
         value = _as_number(answer)
         if value is None:
             return Feedback(e.id, False, f"{e.id}: expected a number, got {answer!r}.")
         ok = math.isclose(value, float(expected), rel_tol=e.rel_tol, abs_tol=e.abs_tol)
+        if not ok and e.extra.get("fraction") and math.isclose(value, 100 * float(expected), rel_tol=e.rel_tol):
+            return Feedback(e.id, False, f"{e.id}: a fraction between 0 and 1 is expected, not a percentage: "
+                                         f"{value:g}% is {value / 100:g}.")
     elif e.kind == "choice":
         given = str(answer).strip().lower().strip("()")
         letters = [o.split(")")[0].strip("( ").lower() for o in e.options]

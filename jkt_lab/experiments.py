@@ -27,7 +27,8 @@ from .results import ResultStore, config_hash, make_record
 from .saliency import jacobian_norm, saliency_cosine
 from .train import Result, evaluate, fit, resolve_device, robustness
 
-__all__ = ["runs_dir", "load_data", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
+__all__ = ["runs_dir", "resolve_data", "load_data", "needs_teacher", "trains_teacher", "teacher_files",
+           "cache_teacher", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
            "load_spec", "quick_config", "measure", "NOISE_SIGMAS", "PROBE"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
@@ -39,12 +40,38 @@ def runs_dir() -> Path:
     return Path(os.environ.get("JKT_LAB_RUNS", Path.home() / ".cache" / "jkt_lab" / "runs")).expanduser()
 
 
+def resolve_data(config: Config, base: str | Path | None = None) -> Config:
+    """``config`` with its ``data_path`` made absolute (a relative one is taken from ``base``,
+    default the working directory) and ``data_fingerprint`` set to the content fingerprint of the
+    data there (:func:`jkt_lab.data.fingerprint`), so the run's key, its record and its teacher's
+    key all name the data. A config that already carries a fingerprint must match the data now at
+    the path: changed data is an error, never a silent run on other data. Without ``data_path``:
+    ``config`` itself."""
+    if config.data_path is None:
+        return config
+    path = Path(config.data_path).expanduser()
+    if not path.is_absolute():
+        path = Path(base or Path.cwd()) / path
+    path = path.resolve()
+    if not path.exists():
+        raise data_mod.DataNotFoundError(f"data_path {path} does not exist (dataset {config.dataset!r}, "
+                                         f"data_path={config.data_path!r})")
+    found = data_mod.fingerprint(path)
+    if config.data_fingerprint not in (None, found):
+        raise ValueError(f"the data at data_path {path} changed: its fingerprint is now {found}, the config was "
+                         f"made for {config.data_fingerprint}; to run on the data as it is now, leave "
+                         f"data_fingerprint unset (--data-fingerprint none)")
+    return config.replace(data_path=str(path), data_fingerprint=found)
+
+
 def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_class: int | None = None,
               seed: int | None = None) -> data_mod.Data:
-    """The dataset of ``config``: validation split fixed (seed 0), classes selected, then the
+    """The dataset of ``config`` (your own at ``data_path``, checked against ``data_fingerprint``:
+    :func:`resolve_data`): validation split fixed (seed 0), classes selected, then the
     ``per_class`` few-shot subset drawn with the run's seed."""
-    kwargs = {k: getattr(config, k) for k in ("n_train", "n_test") if getattr(config, k) is not None}
-    data = data_mod.load(config.dataset, seed=0, **kwargs)
+    config = resolve_data(config)
+    kwargs = {k: getattr(config, k) for k in ("n_train", "n_test", "image_size") if getattr(config, k) is not None}
+    data = _read(config.dataset, path=config.data_path, **kwargs)
     if classes:
         data = data.select_classes(list(classes))
     if per_class is not None:
@@ -52,9 +79,56 @@ def load_data(config: Config, *, classes: tuple[int, ...] | None = None, per_cla
     return data
 
 
+_GENERATED: dict = {}  # the last generated dataset read (shapes: ~1 s of CPU per read), by its arguments
+
+
+def _read(name: str, **kwargs) -> data_mod.Data:
+    """``data.load(name, seed=0, **kwargs)``; a generated dataset is kept in memory between runs
+    (a demo or a sweep reads the same one for every run; ``Data`` methods return new objects)."""
+    if name != "shapes":
+        return data_mod.load(name, seed=0, **kwargs)  # decoded arrays are cached on disk
+    key = json.dumps(kwargs, sort_keys=True)
+    if key not in _GENERATED:
+        _GENERATED.clear()
+        _GENERATED[key] = data_mod.load(name, seed=0, **kwargs)
+    return _GENERATED[key]
+
+
 def _model(name, width, num_classes, data, seed):
     return build_model(name, num_classes, in_channels=data.input_shape[0], mean=data.mean, std=data.std,
                        width=width, seed=seed)
+
+
+def needs_teacher(config: Config) -> bool:
+    """True when ``run(config)`` uses a teacher: its method matches one, or the student starts from it."""
+    return get_method(config.method).needs_teacher or config.init == "finetune"
+
+
+def trains_teacher(config: Config) -> bool:
+    """True when :func:`get_teacher` trains ``config``'s teacher (and caches it in the runs directory);
+    False for a teacher that ships with the package or an ImageNet network used as it is."""
+    tconf = resolve_data(config).teacher_config()
+    return not (tconf.teacher_pretrained and tconf.teacher_epochs == 0) and shipped_for(tconf) is None
+
+
+def teacher_files(config: Config, root: Path | None = None) -> tuple[str, Path, Path]:
+    """The key of ``config``'s teacher (its config's hash) and where its weights and info are cached."""
+    key = config_hash(resolve_data(config).teacher_config().to_dict())
+    folder = (root or runs_dir()) / "teachers"
+    return key, folder / f"{key}.pt", folder / f"{key}.json"
+
+
+def cache_teacher(config: Config, state_dict: Mapping[str, torch.Tensor], info: Mapping,
+                  root: Path | None = None) -> None:
+    """Put a teacher trained elsewhere (its ``state_dict`` and ``info``, as :func:`get_teacher`
+    returns them) in the runs directory, so that :func:`get_teacher` loads it instead of training."""
+    _, weights, meta = teacher_files(config, root)
+    if weights.exists() and meta.exists():
+        return
+    _save_weights(state_dict, weights)
+    tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, meta)
 
 
 def get_teacher(config: Config, *, device="auto", progress: bool = True, root: Path | None = None,
@@ -65,10 +139,10 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
 
     Returns ``(teacher, info)`` where ``info`` holds the teacher's config, metrics and wall time.
     """
+    config = resolve_data(config)
     tconf = config.teacher_config()
-    key = config_hash(tconf.to_dict())
-    folder = (root or runs_dir()) / "teachers"
-    weights, meta = folder / f"{key}.pt", folder / f"{key}.json"
+    key, weights, meta = teacher_files(config, root)
+    folder = weights.parent
     if tconf.teacher_pretrained and tconf.teacher_epochs == 0:
         # The paper's transfer source: an ImageNet network used as it is (1000 outputs).
         teacher = build_model(tconf.student, 1000, pretrained=True, seed=tconf.seed).eval()
@@ -93,7 +167,7 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
     else:
         folder.mkdir(parents=True, exist_ok=True)
         result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
-                     checkpoint=folder / f"{key}.ckpt", callback=callback)
+                     checkpoint=folder / f"{key}.ckpt", callback=callback, desc=f"teacher {tconf.student} on {data.name}")
         _save_weights(teacher, weights)
         info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
                 "wall_time_s": result.wall_time_s, "device": result.device}
@@ -136,6 +210,7 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     if not isinstance(config, Config):
         raise TypeError(f"config must be a jkt_lab.Config, got {type(config).__name__}")
     method = get_method(config.method)
+    config = resolve_data(config)
     if isinstance(store, (str, Path)):
         store = ResultStore(store)
     if store is not None and skip_done and store.done(config.to_dict()):
@@ -143,7 +218,7 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     t0 = time.perf_counter()
     data = load_data(config, classes=config.classes, per_class=config.per_class)
     teacher, tinfo = None, None
-    if method.needs_teacher or config.init == "finetune":
+    if needs_teacher(config):
         teacher, tinfo = get_teacher(config, device=device, progress=progress)
         if method.matches_logits and teacher.num_classes != data.num_classes:
             raise ValueError(
@@ -185,10 +260,12 @@ def measure(model: nn.Module, data: data_mod.Data, teacher: nn.Module | None = N
     return metrics
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
+def _save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write a model's (or a state dict's) weights atomically; concurrent writers do not collide."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
     os.replace(tmp, path)
 
 
@@ -196,6 +273,7 @@ def trained_student(config: Config, *, store: ResultStore | str | Path | None = 
                     progress: bool = True) -> tuple[nn.Module, dict]:
     """The trained student of ``config`` and its record: loaded from the runs directory when this
     config was run before (and its record is in ``store``, if given), else trained now."""
+    config = resolve_data(config)
     key = config_hash(config.to_dict())
     weights, meta = runs_dir() / "students" / f"{key}.pt", runs_dir() / "students" / f"{key}.json"
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
@@ -243,7 +321,7 @@ def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device=
     prints one line per run, ``progress`` shows progress bars."""
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
     records = []
-    configs = list(configs)
+    configs = [resolve_data(c) for c in configs]  # every data path checked before the first run
     for i, config in enumerate(configs):
         done = store.done(config.to_dict())
         if verbose:
@@ -259,7 +337,8 @@ def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device=
 
 def load_spec(path: str | Path) -> list[Config]:
     """Read a sweep spec (YAML or TOML): ``base`` (Config fields) and ``grid`` (field -> values),
-    or a list of such blocks under ``sweeps``. Returns the configs."""
+    or a list of such blocks under ``sweeps``. Returns the configs. A relative ``data_path`` (in
+    ``base`` or ``grid``) is taken from the spec file's folder."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
@@ -275,8 +354,17 @@ def load_spec(path: str | Path) -> list[Config]:
     blocks = spec.get("sweeps", [spec]) if isinstance(spec, dict) else None
     if not blocks:
         raise ValueError(f"{path}: expected a mapping with 'base' and 'grid' (or a list under 'sweeps')")
+    folder = path.resolve().parent
+
+    def from_spec(p):
+        return str(folder / Path(p).expanduser()) if isinstance(p, str) else p
+
     configs: list[Config] = []
     for block in blocks:
-        base = Config.from_dict(dict(block.get("base", {})))
-        configs += expand_grid(base, block.get("grid", {}))
+        base, grid = dict(block.get("base", {})), dict(block.get("grid", {}))
+        if "data_path" in base:
+            base["data_path"] = from_spec(base["data_path"])
+        if isinstance(grid.get("data_path"), list):
+            grid["data_path"] = [from_spec(p) for p in grid["data_path"]]
+        configs += expand_grid(Config.from_dict(base), grid)
     return configs

@@ -44,11 +44,12 @@ def _sized(config: Config, quick: bool | None) -> Config:
 
 def course_config(quick: bool | None = None, **changes) -> Config:
     """The course's distillation setting on the embedded shapes dataset: a tiny CNN teacher
-    (width 32, 8 epochs on 4000 generated images), tiny students (width 8) trained for 300 steps
-    on 10 images per class. In quick mode (default: ``quick_mode()``) the same run at toy size."""
+    (width 32, 8 epochs of batches of 64 on 4000 generated images), tiny students (width 8)
+    trained for 300 steps on 10 images per class. In quick mode (default: ``quick_mode()``) the
+    same run at toy size."""
     base = Config(dataset="shapes", n_train=4000, n_test=1000, teacher="tiny", teacher_width=32, teacher_epochs=8,
-                  student="tiny", student_width=8, per_class=10, steps=300, batch_size=64, lr=0.05,
-                  method="kd+jacobian", seed=0)
+                  teacher_batch_size=64, student="tiny", student_width=8, per_class=10, steps=300, batch_size=64,
+                  lr=0.05, method="kd+jacobian", seed=0)
     return _sized(base, quick).replace(**changes)
 
 
@@ -93,15 +94,17 @@ def toy_pair(activation: str = "tanh", n_inputs: int = 10, n_outputs: int = 5, n
 
 def run_online_transfer(store: str | Path | None = None, *, device="auto", progress: bool = True) -> dict | None:
     """Run :func:`indoor67_config` when MIT Indoor-67 and the pretrained teacher are available;
-    otherwise print what is missing and return None."""
+    otherwise say in one sentence what is missing, give the command that runs it, and return None."""
     from . import data as data_mod
     from .experiments import run
     config = indoor67_config()
     print(f"{config.teacher} (ImageNet) -> {config.student} on {config.dataset}, method {config.method}")
     try:
         data_mod.load("indoor67")
-    except data_mod.DataNotFoundError as err:
-        print(f"not run here: {err}")
+    except data_mod.DataNotFoundError:
+        print(f"not run here: MIT Indoor-67 is not in {data_mod.data_root() / 'indoor67'} "
+              f"(download it from {data_mod.INDOOR67_URL}). Where it is, run:\n"
+              "  jkt-lab sweep results/specs/indoor67_transfer.yaml --store results/indoor67_transfer.jsonl")
         return None
     record = run(config, store=course_store() if store is None else store, device=device, progress=progress)
     print(f"{config.method}: target test accuracy {100 * record['metrics']['test_acc']:.1f}%")

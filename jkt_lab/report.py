@@ -1,15 +1,158 @@
-"""Tables and figures from a results file: ``REPORT.md`` (markdown tables) and ``report.html``
-(the same tables with interactive plotly figures, plotly.js embedded so it opens offline)."""
+"""Reports from stored records: ``REPORT.md`` (markdown tables) and ``report.html`` (HTML tables and
+plotly figures; plotly.js embedded once, so the page opens from disk without a network).
+
+:func:`write_report` renders any results file (``jkt-lab report``, sweeps, ``reproduce``);
+:func:`write_demo_report` renders the main job's (``jkt-lab demo``): a verdict computed from the
+numbers, saliency maps of the teacher and each student on the same test images, training
+curves, accuracy under noise, and the exact command and config that produced it.
+"""
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Mapping
+import json
+import re
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .results import ResultStore, lookup, table, to_markdown
-from .viz import accuracy_figure, noise_figure
+from .results import ResultStore, lookup, table, to_html, to_markdown
+from .viz import (accuracy_figure, accuracy_groups_figure, noise_figure, saliency_grid,
+                  training_curves_figure)
 
-__all__ = ["variant", "accuracy_table", "noise_table", "claims", "robustness_section", "write_report"]
+__all__ = ["variant", "accuracy_table", "noise_table", "claims", "write_report", "Document", "method_summary",
+           "verdict", "write_demo_report", "add_robustness_section"]
+
+
+# --------------------------------------------------------------------------- a document: markdown and HTML
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.7em; } h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.95em; }
+th, td { padding: 4px 12px; border-bottom: 1px solid #e3e3e3; text-align: left; }
+th { background: #f4f4f4; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+caption { caption-side: top; text-align: left; color: #555; padding-bottom: 4px; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+code { background: #f6f8fa; padding: 0 3px; }
+.verdict { background: #eef6ee; border-left: 4px solid #2ca02c; padding: 0.4em 1em; }
+.figure { margin: 1em 0 2em; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escaped HTML of one line of our markdown: ``**bold**`` and ```code``` only."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+class Document:
+    """A report as a list of blocks (headings, paragraphs, lists, tables, figures, code), rendered
+    both to markdown (:meth:`markdown`, figures named only) and to HTML (:meth:`html`)."""
+
+    def __init__(self, title: str):
+        self.title = str(title)
+        self.blocks: list[tuple] = []
+
+    def heading(self, text: str, level: int = 2) -> "Document":
+        self.blocks.append(("heading", str(text), int(level)))
+        return self
+
+    def text(self, text: str, css: str | None = None) -> "Document":
+        """A paragraph (``**bold**`` and ```code``` allowed)."""
+        self.blocks.append(("text", str(text), css))
+        return self
+
+    def items(self, lines: Sequence[str], css: str | None = None) -> "Document":
+        """A bulleted list."""
+        self.blocks.append(("items", [str(line) for line in lines], css))
+        return self
+
+    def table(self, rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".2f") -> "Document":
+        self.blocks.append(("table", list(rows), columns, floatfmt))
+        return self
+
+    def figure(self, fig) -> "Document":
+        self.blocks.append(("figure", fig))
+        return self
+
+    def code(self, text: str, summary: str | None = None) -> "Document":
+        """Preformatted text; with ``summary``, folded in HTML (a ``<details>`` that opens on click)."""
+        self.blocks.append(("code", str(text), summary))
+        return self
+
+    @property
+    def n_figures(self) -> int:
+        return sum(b[0] == "figure" for b in self.blocks)
+
+    def markdown_lines(self, *, title: bool = True) -> list[str]:
+        out = [f"# {self.title}", ""] if title else []
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                out += ["#" * block[2] + " " + block[1], ""]
+            elif kind == "text":
+                out += [block[1], ""]
+            elif kind == "items":
+                out += [f"- {line}" for line in block[1]] + [""]
+            elif kind == "table":
+                out += [to_markdown(block[1], block[2], floatfmt=block[3]), ""]
+            elif kind == "figure":
+                name = block[1].layout.title.text or "figure"
+                out += [f"*Figure (in report.html): {name}*", ""]
+            elif kind == "code":
+                out += ([block[2] + ":", ""] if block[2] else []) + ["```", block[1], "```", ""]
+        return out
+
+    def markdown(self) -> str:
+        return "\n".join(self.markdown_lines())
+
+    def html(self, plotlyjs: str = "inline") -> str:
+        """The page. ``plotlyjs="inline"``: plotly.js embedded once (in the first figure), so the
+        page opens offline; ``"cdn"``: loaded from the CDN (a small file, for committed reports)."""
+        if plotlyjs not in ("inline", "cdn"):
+            raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
+        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        n_fig = 0
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "heading":
+                body.append(f"<h{block[2]}>{_inline(block[1])}</h{block[2]}>")
+            elif kind == "text":
+                css = f' class="{block[2]}"' if block[2] else ""
+                body.append(f"<p{css}>{_inline(block[1])}</p>")
+            elif kind == "items":
+                css = f' class="{block[2]}"' if block[2] else ""
+                body.append(f"<ul{css}>" + "".join(f"<li>{_inline(line)}</li>" for line in block[1]) + "</ul>")
+            elif kind == "table":
+                body.append(to_html(block[1], block[2], floatfmt=block[3]))
+            elif kind == "figure":
+                js = ("cdn" if plotlyjs == "cdn" else True) if n_fig == 0 else False
+                body.append('<div class="figure">' + block[1].to_html(full_html=False, include_plotlyjs=js,
+                                                                      default_width="100%") + "</div>")
+                n_fig += 1
+            elif kind == "code":
+                pre = f"<pre>{html.escape(block[1])}</pre>"
+                body.append(f"<details><summary>{_inline(block[2])}</summary>{pre}</details>" if block[2] else pre)
+        return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+                f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(self.title)}"
+                f"</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+    def write(self, out_dir: str | Path, plotlyjs: str = "inline") -> dict[str, Path]:
+        """``REPORT.md`` and ``report.html`` in ``out_dir`` (each written to a temporary file and
+        renamed, so a crash never leaves half a report)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"markdown": out / "REPORT.md", "html": out / "report.html"}
+        for key, text in (("markdown", self.markdown()), ("html", self.html(plotlyjs))):
+            tmp = paths[key].with_name(paths[key].name + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(paths[key])
+        return paths
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def _fmt(mean, std, n):
@@ -73,46 +216,89 @@ def _by_per_class(records, name, value):
     return {k: _mean(v) for k, v in out.items()}
 
 
-def _compare(records, better: str, worse: str, value, keep=lambda per_class: True) -> tuple[str, str]:
-    """Verdict and a markdown table comparing two variants per ``per_class``."""
+def _compare(records, better: str, worse: str, value, keep=lambda per_class: True) -> tuple[str, list[dict]]:
+    """Verdict and the rows of a table comparing two variants per ``per_class``."""
     a, b = _by_per_class(records, better, value), _by_per_class(records, worse, value)
     keys = sorted((k for k in a if k in b and keep(k) and a[k] is not None and b[k] is not None),
                   key=lambda v: (v is None, v or 0))
     if not keys:
-        return "not measured", ""
+        return "not measured", []
     rows = [{"per_class": "all" if k is None else k, better: 100 * a[k], worse: 100 * b[k],
              "difference": 100 * (a[k] - b[k])} for k in keys]
     wins = sum(r["difference"] > 0 for r in rows)
     mean_diff = sum(r["difference"] for r in rows) / len(rows)
     if wins > len(rows) / 2 and mean_diff > 0:
-        verdict = "supported"
+        verdict_ = "supported"
     elif wins < len(rows) / 2 and mean_diff < 0:
-        verdict = "not supported"
+        verdict_ = "not supported"
     else:
-        verdict = "mixed"
-    verdict += f" ({better} ahead in {wins} of {len(rows)} settings, mean difference {mean_diff:+.2f} points)"
-    return verdict, to_markdown(rows, floatfmt=".2f")
+        verdict_ = "mixed"
+    verdict_ += f" ({better} ahead in {wins} of {len(rows)} settings, mean difference {mean_diff:+.2f} points)"
+    return verdict_, rows
 
 
-def claims(records: Iterable[Mapping]) -> list[str]:
-    """Markdown: the paper's claims, each with our numbers and a plain verdict."""
-    records = list(records)
+def _add_claims(doc: Document, records: list) -> None:
     dist = [r for r in records if lookup(r, "config.extra.part") in (None, "distillation")]
     transfer = [r for r in records if lookup(r, "config.extra.part") == "transfer"]
     test_acc = lambda r: lookup(r, "metrics.test_acc")  # noqa: E731
-    out = ["## Claims of the paper", ""]
-    verdict, tab = _compare(dist, "kd+jacobian", "kd", test_acc, keep=lambda k: k is not None and k <= 10)
-    out += ["1. **Jacobian matching helps distillation when data is scarce** (test accuracy, %, per_class <= 10, "
-            f"kd+jacobian vs. kd): **{verdict}**.", "", tab, ""]
+    doc.heading("Claims of the paper")
+
+    def claim(text, verdict_, rows):
+        doc.text(f"{text}: **{verdict_}**.")
+        if rows:
+            doc.table(rows, floatfmt=".2f")
+    claim("1. **Jacobian matching helps distillation when data is scarce** (test accuracy, %, per_class <= 10, "
+          "kd+jacobian vs. kd)", *_compare(dist, "kd+jacobian", "kd", test_acc, keep=lambda k: k is not None and k <= 10))
     for sigma in ("0.1", "0.2"):
-        verdict, tab = _compare(dist, "kd+jacobian", "kd", lambda r: (lookup(r, "metrics.noise_acc") or {}).get(sigma))
-        out += [f"2. **Jacobian-matched students are more robust to Gaussian input noise** (test accuracy, %, "
-                f"under noise sigma = {sigma}, kd+jacobian vs. kd): **{verdict}**.", "", tab, ""]
+        claim(f"2. **Jacobian-matched students are more robust to Gaussian input noise** (test accuracy, %, "
+              f"under noise sigma = {sigma}, kd+jacobian vs. kd)",
+              *_compare(dist, "kd+jacobian", "kd", lambda r: (lookup(r, "metrics.noise_acc") or {}).get(sigma)))
     for init in ("fine-tune", "scratch"):
-        verdict, tab = _compare(transfer, f"at+jacobian ({init})", f"at ({init})", test_acc)
-        out += [f"3. **Matching Jacobians of attention maps helps transfer learning** ({init}; test accuracy, %, "
-                f"at+jacobian vs. at): **{verdict}**.", "", tab, ""]
-    return out
+        claim(f"3. **Matching Jacobians of attention maps helps transfer learning** ({init}; test accuracy, %, "
+              f"at+jacobian vs. at)", *_compare(transfer, f"at+jacobian ({init})", f"at ({init})", test_acc))
+
+
+def claims(records: Iterable[Mapping]) -> list[str]:
+    """Markdown lines: the paper's claims, each with our numbers and a plain verdict."""
+    doc = Document("")
+    _add_claims(doc, list(records))
+    return doc.markdown_lines(title=False)
+
+
+def _accuracy_plot(records: list, title: str):
+    """A log axis of images per class when there are three settings or more, else grouped bars
+    on a categorical axis (no single-point lines on a log axis)."""
+    n_settings = len({lookup(r, "config.per_class") for r in records})
+    if n_settings >= 3:
+        return accuracy_figure(records, color="variant", title=title)
+    return accuracy_groups_figure(records, color="variant", title=title)
+
+
+def _section(doc: Document, title: str, records: list) -> None:
+    labelled = _labelled(records)
+    doc.heading(f"{title}: test accuracy (%) by images per class")
+    doc.text("Mean ± std over seeds.")
+    doc.table(accuracy_table(records))
+    doc.figure(_accuracy_plot(labelled, f"{title}: test accuracy against images per class"))
+    noise = noise_table(records)
+    if noise:
+        doc.heading(f"{title}: test accuracy (%) under Gaussian input noise")
+        doc.table(noise)
+        doc.figure(noise_figure(labelled, color="variant", title=f"{title}: accuracy under input noise (mean over runs)"))
+    cos = table(labelled, [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
+    cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
+    if cos:
+        doc.heading(f"{title}: teacher-student saliency cosine (top-1 Jacobians, test images)")
+        doc.table([{"method": r["variant"], "per_class": r["config.per_class"],
+                    "cosine": r["metrics.saliency_cosine.mean"], "n": r["n"]} for r in cos], floatfmt=".3f")
+    with_history = [r for r in labelled if r.get("history")]
+    if with_history:
+        settings = sorted({lookup(r, "config.per_class") for r in with_history}, key=lambda v: (v is None, v or 0))
+        few = [r for r in with_history if lookup(r, "config.per_class") == settings[0]]
+        shown = "all images" if settings[0] is None else \
+            f"{settings[0]} image{'s' if settings[0] != 1 else ''} per class"
+        doc.figure(training_curves_figure(few, color="variant",
+                                          title=f"{title}: training curves at {shown} (mean over seeds, band: min to max)"))
 
 
 def _spearman(xs, ys) -> float | None:
@@ -140,54 +326,53 @@ def _spearman(xs, ys) -> float | None:
     return cov / var if var else None
 
 
-def robustness_section(records: Iterable[Mapping]) -> tuple[list[str], list]:
-    """Markdown lines and figures of the robustness experiment (``jkt_lab.robustness``): the
-    teachers' and students' accuracy under noise, the hyper-parameters chosen on the validation
-    split, the mechanism (Jacobian norm, cosine to the teacher) with its figure, and the
-    noise/Jacobian equivalence tested in training. Empty when ``records`` hold none of it."""
+def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
+    """Add the robustness experiment (``jkt_lab.robustness``) to ``doc``: the teachers' and
+    students' accuracy under noise, the hyper-parameters chosen on the validation split, the
+    mechanism (Jacobian norm, cosine to the teacher) with its figure, Proposition 1 at the
+    teachers and in training. Returns False (and adds nothing) when ``records`` hold none of it."""
     from . import robustness as rb
     from .viz import mechanism_figure
 
     records = [r for r in records if lookup(r, "config.extra.experiment") == rb.EXPERIMENT]
     if not records:
-        return [], []
+        return False
     quick = any(lookup(r, "config.extra.quick") for r in records)
-    datasets = sorted({d for r in records if (d := lookup(r, "config.dataset")) in rb.SETUPS})
-    md, figs = [], []
     sigma = f"{rb.SELECT_SIGMA:g}"
-    for dataset in datasets:
+    for dataset in sorted({d for r in records if (d := lookup(r, "config.dataset")) in rb.SETUPS}):
         s = rb.setup(dataset)
         mine = [r for r in records if lookup(r, "config.dataset") == dataset]
         grid = rb._grid_records(mine, s, quick)
+        students = [r for r in grid if lookup(r, "config.extra.part") == "grid"]
+        per_class = sorted({p for r in students if (p := lookup(r, "config.per_class")) is not None})
+        seeds = sorted({lookup(r, "config.seed") for r in students})
         title = f"Robustness to noisy inputs on {dataset}" + (" (quick, toy size)" if quick else "")
-        per_class = sorted({p for r in grid if lookup(r, "config.extra.part") == "grid"
-                            and (p := lookup(r, "config.per_class")) is not None})
-        seeds = sorted({lookup(r, "config.seed") for r in grid if lookup(r, "config.extra.part") == "grid"})
-        md += [f"## {title}", "",
-               "Teachers: standard and trained with Gaussian input noise (sigma "
-               f"{s.teacher_sigma:g}); students: {', '.join(rb.VARIANTS)}; per_class {', '.join(map(str, per_class))}; "
-               f"seeds {', '.join(map(str, seeds))}. Accuracy on test images under Gaussian noise of std sigma "
-               "(pixel units, [0, 1] scale); mean ± std over seeds.", "",
-               "### Test accuracy (%) under input noise", "", to_markdown(rb.robustness_table(mine, s, quick)), ""]
+        doc.heading(title)
+        doc.text(f"Teachers: standard and trained with Gaussian input noise (sigma {s.teacher_sigma:g}); students: "
+                 f"{', '.join(rb.VARIANTS)}; per_class {', '.join(map(str, per_class))}; seeds "
+                 f"{', '.join(map(str, seeds))}. Accuracy on test images under Gaussian noise of std sigma (pixel "
+                 "units, [0, 1] scale); mean ± std over seeds.")
+        doc.heading("Test accuracy (%) under input noise", 3)
+        doc.table(rb.robustness_table(mine, s, quick))
         sel = rb.selection_table(mine, s, quick)
         if sel:
-            md += [f"### Hyper-parameters chosen on the validation split (accuracy at sigma {sigma}, per teacher, "
-                   f"per_class {s.select_per_class}, seed 0)", "", to_markdown(sel, floatfmt=".1f"), ""]
+            doc.heading(f"Hyper-parameters chosen on the validation split (accuracy at sigma {sigma}, per teacher, "
+                        f"per_class {s.select_per_class}, seed 0)", 3)
+            doc.table(sel, floatfmt=".1f")
+        doc.heading("Mechanism: input-Jacobian norm and cosine to the teacher (test images)", 3)
+        doc.text("jacobian norm: mean over test images of ||d top-1 logit / dx|| (the model's own top-1 output, "
+                 "pixel units); cosine: teacher-student cosine of the Jacobians of the teacher's top-1 output.")
         mech = rb.mechanism_table(mine, s, quick)
-        md += ["### Mechanism: input-Jacobian norm and cosine to the teacher (test images)", "",
-               "jacobian norm: mean over test images of ||d top-1 logit / dx|| (the model's own top-1 output, "
-               "pixel units); cosine: teacher-student cosine of the Jacobians of the teacher's top-1 output.", "",
-               to_markdown(mech, floatfmt=".3g"), ""]
-        students = [r for r in grid if lookup(r, "config.extra.part") == "grid"]
+        doc.table(mech, floatfmt=".3g")
         lines = []
-        for per_class in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
+        for pc in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
             pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(sigma))
-                   for r in students if lookup(r, "config.per_class") == per_class]
+                   for r in students if lookup(r, "config.per_class") == pc]
             pts = [(n, a) for n, a in pts if n and a is not None]
             rho = _spearman([p[0] for p in pts], [p[1] for p in pts])
             if rho is not None:
-                lines.append(f"- per_class {per_class}: Spearman rank correlation between a student's Jacobian norm "
-                             f"and its accuracy at sigma {sigma}: {rho:+.2f} over {len(pts)} students.")
+                lines.append(f"per_class {pc}: Spearman rank correlation between a student's Jacobian norm and its "
+                             f"accuracy at sigma {sigma}: {rho:+.2f} over {len(pts)} students.")
         best: dict = {}
         for row in mech:
             if row["student"] != "teacher" and row[f"acc at sigma={sigma}"]:
@@ -195,70 +380,44 @@ def robustness_section(records: Iterable[Mapping]) -> tuple[list[str], list]:
                 slot = (row["teacher"], row["per_class"])
                 if slot not in best or acc > best[slot][0]:
                     best[slot] = (acc, row["student"])
-        lines += [f"- most robust student at sigma {sigma} with the {t} teacher, per_class {pc}: {v[1]} ({v[0]:.1f}%)."
+        lines += [f"most robust student at sigma {sigma} with the {t} teacher, per_class {pc}: {v[1]} ({v[0]:.1f}%)."
                   for (t, pc), v in best.items()]
         if lines:
-            md += lines + [""]
-        figs.append(mechanism_figure(grid, sigma=rb.SELECT_SIGMA,
-                                     title=f"{title}: accuracy at sigma {sigma} against the Jacobian norm"))
+            doc.items(lines)
+        doc.figure(mechanism_figure(grid, sigma=rb.SELECT_SIGMA,
+                                    title=f"{title}: accuracy at sigma {sigma} against the Jacobian norm"))
         energy = rb.logit_energy_table(mine)
         if energy:
-            md += ["### Proposition 1 at the teachers: where the noise leaves the linear region", "",
-                   "E ||T(x + sigma z)||^2 over test images (one noise draw each) against the second-order prediction "
-                   "||T(x)||^2 + sigma^2 ||J_T(x)||_F^2 (Proposition 1 with a zero student). A ratio near 1: noise of "
-                   "this size probes the teacher's Jacobian; far above 1: it leaves the region where the teacher is "
-                   "close to linear, and distillation on noisy inputs is no longer Jacobian matching.", "",
-                   to_markdown(energy, floatfmt=".3g"), ""]
+            doc.heading("Proposition 1 at the teachers: where the noise leaves the linear region", 3)
+            doc.text("E ||T(x + sigma z)||^2 over test images (one noise draw each) against the second-order "
+                     "prediction ||T(x)||^2 + sigma^2 ||J_T(x)||_F^2 (Proposition 1 with a zero student). A ratio near "
+                     "1: noise of this size probes the teacher's Jacobian; far above 1: it leaves the region where "
+                     "the teacher is close to linear, and distillation on noisy inputs is no longer Jacobian matching.")
+            doc.table(energy, floatfmt=".3g")
         eq = rb.equivalence_table(mine)
         if eq:
             outputs = sorted({lookup(r, "config.jacobian_output") for r in mine
                               if lookup(r, "config.extra.part") == "equivalence"
                               and lookup(r, "config.method") == "activations+jacobian"})
-            md += ["### Proposition 1 in training: noise distillation vs. activations + sigma^2 x Jacobian", "",
-                   "Students trained with the squared loss on noisy inputs (noise, one noise sample a step) against "
-                   "students trained with activation matching plus sigma^2 times the squared distance of the "
-                   f"Jacobians (activations+jacobian, jacobian_output {', '.join(outputs)}: 'random' is one random "
-                   "projection a step, an unbiased estimate of the all-outputs distance), same teacher, data and "
-                   "activation weight a (jacobian_weight = a sigma^2). cross / floor: mean over "
-                   "pairs of one student of each method and different seeds / the larger mean over pairs of two "
-                   "seeds of one method; relative distances on test images (logits; Jacobians of all outputs), "
-                   "absolute accuracy differences in points. A quantity agrees when cross <= floor.", "",
-                   to_markdown(eq), ""]
+            doc.heading("Proposition 1 in training: noise distillation vs. activations + sigma^2 x Jacobian", 3)
+            doc.text("Students trained with the squared loss on noisy inputs (noise, one noise sample a step) against "
+                     "students trained with activation matching plus sigma^2 times the squared distance of the "
+                     f"Jacobians (activations+jacobian, jacobian_output {', '.join(outputs)}: 'random' is one random "
+                     "projection a step, an unbiased estimate of the all-outputs distance), same teacher, data and "
+                     "activation weight a (jacobian_weight = a sigma^2). cross / floor: mean over pairs of one student "
+                     "of each method and different seeds / the larger mean over pairs of two seeds of one method; "
+                     "relative distances on test images (logits; Jacobians of all outputs), absolute accuracy "
+                     "differences in points. A quantity agrees when cross <= floor.")
+            doc.table(eq)
             agree = [r["sigma"] for r in eq if r["agree within the floor"].count(",") == len(rb.QUANTITIES) - 1]
             differ = [r["sigma"] for r in eq if r["sigma"] not in agree]
-            md += ["The two trainings agree within the seed-to-seed floor on all four quantities at sigma "
-                   + (", ".join(f"{a:g}" for a in agree) or "(none)") + "; not at "
-                   + (", ".join(f"{a:g}" for a in differ) or "(none)") + ".", ""]
-    return md, figs
+            doc.text("The two trainings agree within the seed-to-seed floor on all four quantities at sigma "
+                     + (", ".join(f"{a:g}" for a in agree) or "(none)") + "; not at "
+                     + (", ".join(f"{a:g}" for a in differ) or "(none)") + ".", css="verdict")
+    return True
 
 
-def _section(title: str, records: list, plotlyjs) -> tuple[list[str], list]:
-    md = [f"## {title}: test accuracy (%) by images per class", "", "Mean ± std over seeds.", "",
-          to_markdown(accuracy_table(records)), ""]
-    figs = [accuracy_figure(_labelled(records), color="variant", title=f"{title}: test accuracy against images per class")]
-    noise = noise_table(records)
-    if noise:
-        md += [f"## {title}: test accuracy (%) under Gaussian input noise", "", to_markdown(noise), ""]
-        figs.append(noise_figure(_labelled(records), color="variant", title=f"{title}: accuracy under input noise"))
-    cos = table(_labelled(records), [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
-    cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
-    if cos:
-        md += [f"## {title}: teacher-student saliency cosine (top-1 Jacobians, test images)", "",
-               to_markdown([{"method": r["variant"], "per_class": r["config.per_class"],
-                             "cosine": r["metrics.saliency_cosine.mean"], "n": r["n"]} for r in cos], floatfmt=".3f"), ""]
-    return md, figs
-
-
-def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab results",
-                 timings: Mapping[str, float] | None = None, plotlyjs: str = "inline") -> dict[str, Path]:
-    """Write ``REPORT.md`` and ``report.html`` into ``out_dir``; returns their paths.
-
-    Records with ``config.extra.part`` (from ``jkt-lab reproduce``) get one section per part
-    and the "Claims of the paper" section. ``plotlyjs="inline"`` embeds plotly.js (the page
-    opens offline); ``"cdn"`` links it (a small file, for committed reports).
-    """
-    if plotlyjs not in ("inline", "cdn"):
-        raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
+def _load(records_or_path) -> list[dict]:
     if isinstance(records_or_path, (str, Path)):
         path = Path(records_or_path)
         if not path.exists():
@@ -268,21 +427,33 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
         records = list(records_or_path)
     if not records:
         raise ValueError("no results to report: the results file is empty")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return records
+
+
+def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab results",
+                 timings: Mapping[str, float] | None = None, plotlyjs: str = "inline") -> dict[str, Path]:
+    """Write ``REPORT.md`` and ``report.html`` into ``out_dir``; returns their paths.
+
+    Records with ``config.extra.part`` (from ``jkt-lab reproduce``) get one section per part
+    and the "Claims of the paper" section. ``plotlyjs="inline"`` embeds plotly.js once (the page
+    opens offline); ``"cdn"`` links it (a small file, for committed reports).
+    """
+    if plotlyjs not in ("inline", "cdn"):
+        raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
+    records = _load(records_or_path)
     n_records = len(records)
-    robust_md, robust_figs = robustness_section(records)  # the robustness experiment has its own section
+    robust = [r for r in records if lookup(r, "config.extra.experiment") == "robustness"]  # a section of its own
     records = [r for r in records if lookup(r, "config.extra.experiment") != "robustness"]
-    parts = {}
+    parts: dict[str, list] = {}
     for r in records:
         parts.setdefault(lookup(r, "config.extra.part") or "runs", []).append(r)
-    md = [f"# {title}", "", f"{n_records} runs. Generated by `jkt-lab report`.", ""]
+    doc = Document(title)
+    doc.text(f"{n_records} runs. Generated by `jkt-lab report`.")
     teacher_acc = sorted({round(100 * v, 2) for r in records if (v := lookup(r, "metrics.teacher_test_acc"))})
     if teacher_acc:
-        md += [f"Teacher test accuracy: {', '.join(f'{a:.2f}%' for a in teacher_acc)}.", ""]
+        doc.text(f"Teacher test accuracy: {', '.join(f'{a:.2f}%' for a in teacher_acc)}.")
     if timings:
-        md += ["Wall time by part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".", ""]
-    figs = []
+        doc.text("Wall time by part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".")
     titles = {"runs": "Runs", "select": "Selection (validation)", "distillation": "Distillation",
               "transfer": "Transfer"}
     for part, recs in parts.items():
@@ -290,22 +461,205 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
             rows = [{"variant": variant(r), **{k: lookup(r, f"config.{k}") for k in
                                                 ("jacobian_weight", "sigma", "temperature")},
                      "val_acc": 100 * (lookup(r, "metrics.val_acc") or 0)} for r in recs]
-            md += ["## Hyper-parameters chosen on the validation split", "", to_markdown(rows), ""]
+            doc.heading("Hyper-parameters chosen on the validation split")
+            doc.table(rows)
             continue
-        sec_md, sec_figs = _section(titles.get(part, part), recs, plotlyjs)
-        md += sec_md
-        figs += sec_figs
+        _section(doc, titles.get(part, part), recs)
     if any(lookup(r, "config.extra.part") for r in records):
-        md += claims(records)
-    md += robust_md
-    figs += robust_figs
-    md_path = out / "REPORT.md"
-    md_path.write_text("\n".join(md))
-    body = [f"<h1>{html.escape(title)}</h1>", f"<pre>{html.escape(chr(10).join(md[2:]))}</pre>"]
-    for i, fig in enumerate(figs):
-        js = (i == 0) if plotlyjs == "inline" else ("cdn" if i == 0 else False)
-        body.append(fig.to_html(full_html=False, include_plotlyjs=js, default_width="100%"))
-    html_path = out / "report.html"
-    html_path.write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title)
-                         + "</title></head><body>" + "\n".join(body) + "</body></html>")
-    return {"markdown": md_path, "html": html_path}
+        _add_claims(doc, records)
+    add_robustness_section(doc, robust)
+    return doc.write(out_dir, plotlyjs)
+
+
+# --------------------------------------------------------------------------- the main job's report
+
+
+def _stats(values) -> tuple[float | None, float | None, int]:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def _pm(values, scale: float = 100.0, digits: int = 1) -> str:
+    mean, std, n = _stats(values)
+    if mean is None:
+        return ""
+    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if std is not None else "")
+
+
+def _groups(records) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(variant(r), []).append(r)
+    return out
+
+
+def method_summary(records: Iterable[Mapping], *, sigma: str = "0.1") -> list[dict]:
+    """One row per method: seeds, validation and test accuracy, accuracy under noise ``sigma``
+    and the teacher-student saliency cosine, each as mean ± std over seeds (accuracies in %)."""
+    rows = []
+    for name, recs in _groups(records).items():
+        rows.append({"method": name, "seeds": len(recs),
+                     "val acc (%)": _pm(lookup(r, "metrics.val_acc") for r in recs),
+                     "test acc (%)": _pm(lookup(r, "metrics.test_acc") for r in recs),
+                     f"test acc, noise sigma={sigma} (%)": _pm((lookup(r, "metrics.noise_acc") or {}).get(sigma)
+                                                                for r in recs),
+                     "saliency cosine to teacher": _pm((lookup(r, "metrics.saliency_cosine") for r in recs),
+                                                       scale=1.0, digits=3)})
+    return rows
+
+
+def _spread_words(diff: float, spread: float) -> str:
+    if spread <= 0:
+        return "(no spread over seeds to compare with)"
+    ratio = abs(diff) / spread
+    if ratio >= 2:
+        return f"{ratio:.1f} times the spread over seeds: a clear difference"
+    if ratio >= 1:
+        return f"{ratio:.1f} times the spread over seeds: larger than the spread, but not by much"
+    return f"{ratio:.1f} times the spread over seeds: within the spread, so no clear difference"
+
+
+def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: str = "metrics.test_acc",
+            comparisons: Sequence[tuple[str, str]] = (("kd", "ce"), ("kd+jacobian", "kd"), ("kd+jacobian", "ce")),
+            sigma: str = "0.1") -> list[str]:
+    """Plain-language sentences computed from the records: the best method, each comparison's
+    difference in points against the spread over seeds (the larger of the two methods' sample
+    std), whether the students beat ``chance``, and the ranking under input noise ``sigma``."""
+    groups = _groups(records)
+    if not groups:
+        raise ValueError("verdict needs at least one record")
+    what = "validation" if metric.endswith("val_acc") else "test"
+    stats = {name: _stats(lookup(r, metric) for r in recs) for name, recs in groups.items()}
+    stats = {k: v for k, v in stats.items() if v[0] is not None}
+    if not stats:
+        return [f"No {what} accuracy was recorded."]
+    best = max(stats, key=lambda k: stats[k][0])
+    n_seeds = min(v[2] for v in stats.values())
+    out = [f"Best student on the {what} images: **{best}**, {100 * stats[best][0]:.1f}% "
+           f"(mean over {stats[best][2]} seed{'s' if stats[best][2] != 1 else ''})."]
+    if chance is not None:
+        worst = min(stats, key=lambda k: stats[k][0])
+        low = stats[worst][0]
+        out.append(f"The weakest student, {worst}, reaches {100 * low:.1f}%: {low / chance:.1f} times chance "
+                   f"({100 * chance:.0f}% for {round(1 / chance)} classes).")
+    for a, b in comparisons:
+        if a not in stats or b not in stats:
+            continue
+        diff = 100 * (stats[a][0] - stats[b][0])
+        if n_seeds < 2:
+            out.append(f"{a} vs. {b}: {diff:+.1f} points, from one seed (no spread measured: run more seeds).")
+            continue
+        spread = 100 * max(stats[a][1] or 0.0, stats[b][1] or 0.0)
+        out.append(f"{a} vs. {b}: {diff:+.1f} points; the spread over seeds is {spread:.1f} points, so the "
+                   f"difference is {_spread_words(diff, spread)}.")
+    noisy = {name: _stats((lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs)[0]
+             for name, recs in groups.items()}
+    noisy = {k: v for k, v in noisy.items() if v is not None}
+    if len(noisy) > 1:
+        order = sorted(noisy, key=lambda k: -noisy[k])
+        out.append(f"Under Gaussian input noise of sigma {sigma}: " +
+                   ", ".join(f"{k} {100 * noisy[k]:.1f}%" for k in order) + ".")
+    return out
+
+
+def _saliency_figure(records: list, *, n_images: int, device) -> object:
+    """Saliency of the teacher and of each method's first-seed student on the same test images
+    (one per class, in class order): the input Jacobian of the teacher's top-1 class logit, the
+    output that ``kd+jacobian`` matches (Section 3.2)."""
+    import torch
+    from .config import Config
+    from .experiments import get_teacher, load_data, trained_student
+    from .saliency import saliency
+
+    first = {}
+    for r in sorted(records, key=lambda r: lookup(r, "config.seed") or 0):
+        first.setdefault(variant(r), r)
+    config = Config.from_dict(next(iter(first.values()))["config"])
+    teacher, _ = get_teacher(config, device=device, progress=False)
+    data = load_data(config, classes=config.classes)
+    picks = []
+    for c in range(data.num_classes):
+        where = (data.y_test == c).nonzero().flatten()
+        if len(where):
+            picks.append(int(where[0]))
+        if len(picks) == n_images:
+            break
+    x = data.x_test[picks].to(next(teacher.parameters()).device)
+    with torch.no_grad():
+        reference = teacher(x)
+    maps = {"teacher": saliency(teacher, x, "top1", reference=reference)}
+    for name, r in first.items():
+        student, _ = trained_student(Config.from_dict(r["config"]), device=device, progress=False)
+        maps[name] = saliency(student, x, "top1", reference=reference)
+    names = data.classes or [str(i) for i in range(data.num_classes)]
+    return saliency_grid(x, maps, titles=[names[int(data.y_test[i])] for i in picks],
+                         title="Saliency: |input Jacobian| of the teacher's top-1 logit, same test images")
+
+
+def write_demo_report(records: Iterable[Mapping], out_dir: str | Path, *, command: str, teacher_info: Mapping,
+                      chance: float, elapsed_s: float | None = None, saliency_images: int = 6, device="cpu",
+                      plotlyjs: str = "inline", next_steps: Sequence[str] = ()) -> dict[str, Path]:
+    """The main job's report from its stored records: summary table, verdict, accuracy figure,
+    saliency maps (teacher and each student, same test images; models loaded from the runs
+    directory), training curves, accuracy against noise, per-seed table, command and config."""
+    records = _load(records)
+    labelled = _labelled(records)
+    configs = [r["config"] for r in records]
+    base = configs[0]
+    varying = sorted(k for k in base if k != "extra" and any(c.get(k) != base.get(k) for c in configs))
+    teacher_acc = (teacher_info.get("metrics") or {}).get("test_acc")
+    where = "shipped with the package" if teacher_info.get("shipped") else "trained and cached"
+    doc = Document("jkt_lab demo: knowledge transfer with Jacobian matching, few images per class")
+    doc.text(f"A {base['teacher']} teacher ({where}; test accuracy "
+             f"{'n/a' if teacher_acc is None else f'{100 * teacher_acc:.1f}%'}) and {base['student']} students "
+             f"trained on **{base['per_class']} images per class** of the `{base['dataset']}` dataset "
+             f"({len(records)} runs: {', '.join(_groups(records))}; seeds "
+             f"{', '.join(str(s) for s in sorted({c['seed'] for c in configs}))}). Chance is {100 * chance:.0f}%.")
+    doc.heading("Verdict")
+    doc.items(verdict(records, chance=chance), css="verdict")
+    doc.text("The setting was chosen on the validation split (benchmarks/select_demo.py); the test images "
+             "were not used to choose it.")
+    doc.heading("Students, mean ± std over seeds")
+    doc.table(method_summary(records))
+    reference = {"chance": chance, **({"teacher": teacher_acc} if teacher_acc is not None else {})}
+    doc.figure(accuracy_groups_figure(labelled, x="variant", color="variant", reference=reference,
+                                      title="Test accuracy by method (error bars: std over seeds)"))
+    doc.heading("Where the models look: saliency maps")
+    doc.text("Each column is one test image; each row a model. Brighter: a larger input gradient of the "
+             "logit of the teacher's top-1 class. Jacobian matching trains the student's map towards the teacher's.")
+    doc.figure(_saliency_figure(records, n_images=saliency_images, device=device))
+    doc.heading("Training curves")
+    doc.figure(training_curves_figure(labelled, color="variant"))
+    doc.heading("Accuracy against input noise")
+    doc.table(noise_table(records))
+    doc.figure(noise_figure(labelled, color="variant", title="Test accuracy under Gaussian input noise (mean over seeds)"))
+    doc.heading("Every run")
+    doc.table([{"method": variant(r), "seed": lookup(r, "config.seed"),
+                "val acc (%)": 100 * (lookup(r, "metrics.val_acc") or 0.0),
+                "test acc (%)": 100 * (lookup(r, "metrics.test_acc") or 0.0),
+                "train acc (%)": 100 * (lookup(r, "metrics.train_acc") or 0.0),
+                "steps": lookup(r, "metrics.steps"), "wall time (s)": r.get("wall_time_s")} for r in records],
+              floatfmt=".1f")
+    doc.heading("How this was made")
+    doc.text("Command:")
+    doc.code(command)
+    timing = f" in {elapsed_s:.0f} s" if elapsed_s is not None else ""
+    versions = records[-1].get("versions") or {}
+    doc.text(f"Ran on {records[-1].get('device', 'unknown')}{timing}; "
+             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+    from .config import Config
+    defaults = Config().to_dict()
+    doc.text("The runs differ only in " + (", ".join(f"`{k}`" for k in varying) or "nothing") +
+             "; every other setting (`jkt_lab.Config` fields that differ from the defaults):")
+    doc.table([{"field": k, "value": json.dumps(v), "default": json.dumps(defaults.get(k))}
+               for k, v in base.items() if k not in varying and k in defaults and v != defaults[k]])
+    doc.code(json.dumps({k: v for k, v in base.items() if k not in varying}, indent=1),
+             summary="the whole config (JSON; `Config.from_dict` reads it)")
+    doc.code(json.dumps(teacher_info.get("config", {}), indent=1),
+             summary="the teacher's config (`Config.teacher_config()`)")
+    if next_steps:
+        doc.heading("Next steps")
+        doc.items(next_steps)
+    return doc.write(out_dir, plotlyjs)

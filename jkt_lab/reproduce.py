@@ -196,8 +196,12 @@ def transfer_configs(base: Config, chosen: dict, quick: bool = False, scale: str
 
 
 def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[str] = PARTS, quick: bool = False,
-              device="auto", progress: bool = True, base: Config | None = None, scale: str | Scale = "gpu") -> dict:
-    """Run the parts in order (skipping finished runs) and return wall times by part (seconds)."""
+              device="auto", progress: bool = True, base: Config | None = None, scale: str | Scale = "gpu",
+              executor=None) -> dict:
+    """Run the parts in order (skipping finished runs) and return wall times by part (seconds).
+
+    ``executor`` (a :class:`jkt_lab.cluster.RayExecutor`) runs the teachers and each part's runs on a
+    cluster; by default they run here, one after another."""
     scale = _scale(scale)
     parts = list(parts)
     for p in parts:
@@ -211,11 +215,14 @@ def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[st
         t0 = time.perf_counter()
         todo = [c for c in configs if not store.done(c.to_dict())]
         print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already done", flush=True)
-        for i, c in enumerate(todo):
-            if progress:
-                print(f"  [{i + 1}/{len(todo)}] {c.extra.get('variant')} per_class={c.per_class} seed={c.seed}",
-                      flush=True)
-            run(c, store=store, device=device, progress=progress)
+        if executor is not None:
+            executor.run(todo, store)
+        else:
+            for i, c in enumerate(todo):
+                if progress:
+                    print(f"  [{i + 1}/{len(todo)}] {c.extra.get('variant')} per_class={c.per_class} seed={c.seed}",
+                          flush=True)
+                run(c, store=store, device=device, progress=progress)
         times[name] = time.perf_counter() - t0
 
     for label, conf in (("teacher", base), ("transfer teacher", _transfer_base(base, scale))):
@@ -223,7 +230,12 @@ def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[st
             continue
         t0 = time.perf_counter()
         conf = quick_config(conf) if quick else conf
-        _, info = get_teacher(conf, device=device, progress=progress)
+        if executor is not None:
+            info = executor.teacher(conf)
+            if info is None:  # failed on the cluster (reported there); its students fail and are listed too
+                continue
+        else:
+            _, info = get_teacher(conf, device=device, progress=progress)
         times[label] = time.perf_counter() - t0
         print(f"{label}: test accuracy {100 * info['metrics']['test_acc']:.2f}% "
               f"(trained in {info['wall_time_s']:.0f} s on {info['device']})", flush=True)

@@ -34,6 +34,7 @@ __all__ = [
     "lookup",
     "table",
     "to_markdown",
+    "to_html",
 ]
 
 
@@ -368,7 +369,8 @@ def table(records: Iterable[Mapping], columns: Sequence[str], *, group_by: Seque
     return rows
 
 
-def _cell(value, floatfmt: str) -> str:
+def _text(value, floatfmt: str) -> str:
+    """A cell's text: None blank, integers as they are, floats as ``floatfmt``, others as JSON."""
     if value is None:
         return ""
     if isinstance(value, bool) or isinstance(value, Integral):
@@ -377,11 +379,15 @@ def _cell(value, floatfmt: str) -> str:
         return format(float(value), floatfmt)
     if not isinstance(value, str):
         value = json.dumps(to_jsonable(value, "cell"))
-    return value.replace("|", "\\|").replace("\n", " ")
+    return value
 
 
-def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".2f") -> str:
-    """A GitHub markdown table; numeric columns right-aligned, floats as ``floatfmt``, None blank."""
+def _cell(value, floatfmt: str) -> str:
+    return _text(value, floatfmt).replace("|", "\\|").replace("\n", " ")
+
+
+def _layout(rows, columns, floatfmt) -> tuple[list[Mapping], list[str], list[bool]]:
+    """Checked rows, their columns (default: every key, first-seen order) and which are numeric."""
     if isinstance(rows, Mapping) or not isinstance(rows, Iterable):
         raise TypeError(f"rows must be a list of row mappings, got {type(rows).__name__}")
     rows = list(rows)
@@ -394,12 +400,18 @@ def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, f
         format(1.0, floatfmt)
     except ValueError as err:
         raise ValueError(f"floatfmt must be a float format spec such as '.2f', got {floatfmt!r}") from err
-    if not columns:
-        return ""
     numeric = [
         any(r.get(c) is not None for r in rows) and all(r.get(c) is None or _is_number(r.get(c)) for r in rows)
         for c in columns
     ]
+    return rows, columns, numeric
+
+
+def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".2f") -> str:
+    """A GitHub markdown table; numeric columns right-aligned, floats as ``floatfmt``, None blank."""
+    rows, columns, numeric = _layout(rows, columns, floatfmt)
+    if not columns:
+        return ""
     lines = [
         "| " + " | ".join(_cell(c, floatfmt) for c in columns) + " |",
         "|" + "|".join("---:" if n else "---" for n in numeric) + "|",
@@ -407,3 +419,19 @@ def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, f
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(c), floatfmt) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def to_html(rows: Sequence[Mapping], columns: Sequence[str] | None = None, floatfmt: str = ".2f",
+            caption: str | None = None) -> str:
+    """The same table as :func:`to_markdown`, as an HTML ``<table>`` (text escaped; numeric
+    columns carry ``class="num"`` for right alignment)."""
+    from html import escape
+    rows, columns, numeric = _layout(rows, columns, floatfmt)
+    if not columns:
+        return ""
+    cls = [' class="num"' if n else "" for n in numeric]
+    head = "".join(f"<th{k}>{escape(str(c))}</th>" for c, k in zip(columns, cls))
+    body = "".join("<tr>" + "".join(f"<td{k}>{escape(_text(r.get(c), floatfmt))}</td>" for c, k in zip(columns, cls))
+                   + "</tr>" for r in rows)
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

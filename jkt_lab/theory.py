@@ -22,6 +22,7 @@ jacobian_term``. They agree exactly for piecewise-linear networks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -88,8 +89,12 @@ def _laplacian(fn, x: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
         return (hv * tangent).flatten(1).sum(dim=1)
 
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    for start in range(0, d, chunk_size):
-        out += torch.func.vmap(diag_entry)(eye[start:start + chunk_size]).sum(dim=0)
+    with warnings.catch_warnings():
+        # torch.func.jvp loads its decompositions through torch.jit.script the first time, which
+        # warns that torch.jit.script is deprecated: torch's internals, nothing a learner can act on.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        for start in range(0, d, chunk_size):
+            out += torch.func.vmap(diag_entry)(eye[start:start + chunk_size]).sum(dim=0)
     return out
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._checks import check_batch, check_labels, check_nonnegative, check_int
 from .config import Config
+from . import progress as progress_mod
 from .data import Batches, Data, add_noise
 from .methods import get_method, make_method
 from .saliency import saliency_cosine
@@ -159,7 +159,7 @@ def _jacobian_cosines(student: nn.Module, teacher: nn.Module, x_train: torch.Ten
 def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | None = None,
         config: Config | None = None, device: str | torch.device | None = "auto",
         checkpoint: str | Path | None = None, checkpoint_every: int = 1, progress: bool = True,
-        callback: Callable[[dict], None] | None = None) -> Result:
+        callback: Callable[[dict], None] | None = None, desc: str | None = None) -> Result:
     """Train ``student`` on ``data`` with ``method`` (a name from :data:`jkt_lab.methods.METHODS`).
 
     SGD with momentum and weight decay, learning-rate ``schedule`` over the run, ``epochs`` or a
@@ -169,7 +169,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     validation accuracy; with a teacher of the same outputs, also the teacher-student cosine of
     top-1 Jacobians (eval mode) on the last training batch and on the first
     :data:`JACOBIAN_PROBE` validation images (``jacobian_cosine/train``, ``jacobian_cosine/val``).
-    ``callback`` receives each row as it is made (live plots). With
+    ``callback`` receives each row as it is made (live plots). ``progress``: a bar on a terminal
+    and one line when the run ends (:mod:`jkt_lab.progress`), named ``desc``. With
     ``checkpoint``, the state is saved every ``checkpoint_every`` rows (and at the end), and an
     existing checkpoint of the same config is resumed.
     """
@@ -217,8 +218,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     probe_cosine = teacher is not None and runner.matches_logits
     sums: dict[str, float] = {}
     correct = seen = 0
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"{method} on {data.name}",
-               unit="step", leave=False, dynamic_ncols=True)
+    desc = desc or f"{method} (seed {config.seed}) on {data.name}"
+    bar = progress_mod.bar(total=total_steps, initial=step, desc=desc, unit="step", progress=progress)
     t0 = time.perf_counter()
     try:
         for epoch in range(start_epoch, n_epochs):
@@ -249,7 +250,7 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
                 correct += int((logits.detach().argmax(1) == y).sum())
                 seen += n
                 bar.update(1)
-                if progress:
+                if not bar.disable:
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
             last = epoch + 1 == n_epochs
             if (epoch + 1) % every and not last:
@@ -270,11 +271,15 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
                                              "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                                              "scheduler": scheduler.state_dict(), "history": history,
                                              "wall_time_s": elapsed + time.perf_counter() - t0})
-    finally:
+    except BaseException:
         bar.close()
+        raise
     elapsed += time.perf_counter() - t0
     metrics = {"test_acc": evaluate(student, data.x_test, data.y_test)["acc"],
                "train_acc": evaluate(student, data.x_train, data.y_train)["acc"], "steps": step}
     if data.x_val.shape[0]:
         metrics["val_acc"] = evaluate(student, data.x_val, data.y_val)["acc"]
+    val = f", val acc {100 * metrics['val_acc']:.1f}%" if "val_acc" in metrics else ""
+    progress_mod.done(bar, f"{desc}: {step} steps in {elapsed:.1f} s, train acc {100 * metrics['train_acc']:.1f}%{val}",
+                      progress=progress)
     return Result(config=config, metrics=metrics, history=history, wall_time_s=elapsed, device=str(dev), model=student)

@@ -12,7 +12,8 @@ from .results import lookup, table
 
 __all__ = ["equivalence_figure", "accuracy_figure", "noise_figure", "history_figure", "saliency_grid",
            "METHOD_COLORS", "equivalence_terms_figure", "maps_figure", "robustness_figure", "accuracy_bars",
-           "attention_figure", "mechanism_figure", "ROBUSTNESS_COLORS"]
+           "attention_figure", "at_rounding", "slope_text", "reference_lines", "examples_figure", "ROUNDING",
+           "accuracy_groups_figure", "training_curves_figure", "mechanism_figure", "ROBUSTNESS_COLORS"]
 
 METHOD_COLORS = {
     "ce": "#7f7f7f", "kd": "#1f77b4", "activations": "#17becf", "kd+jacobian": "#d62728",
@@ -25,20 +26,56 @@ def _color(name: str) -> str | None:
     return METHOD_COLORS.get(str(name).split(" ")[0])
 
 
+#: A gap below this fraction of the loss is floating-point rounding, not a term of the expansion.
+ROUNDING = 1e-12
+
+
+def at_rounding(rows: Sequence[Mapping], key: str) -> list[bool]:
+    """Per row of :func:`jkt_lab.theory.sigma_sweep`: is ``|monte_carlo - row[key]|`` at the level
+    of float rounding (below :data:`ROUNDING` times the loss)? Such gaps are exact zeros up to
+    rounding: they have no slope and no place on a log axis."""
+    return [abs(r["monte_carlo"] - r[key]) <= ROUNDING * max(abs(r["monte_carlo"]), abs(r[key]), 1e-300)
+            for r in rows]
+
+
+def slope_text(sweep: Mapping, key: str) -> str:
+    """The fitted log-log slope of ``|MC - key|`` as text, or "exact to float precision" when
+    every gap is at rounding level (the fit of rounding noise would mean nothing)."""
+    flags = at_rounding(sweep["rows"], key)
+    if all(flags):
+        return "exact to float precision"
+    if any(flags):
+        return "exact to float precision at some sigma (no slope)"
+    slope = sweep.get(f"slope_{key}")
+    return "n/a" if slope is None or not math.isfinite(slope) else f"{slope:.2f}"
+
+
 def equivalence_figure(sweep: Mapping) -> go.Figure:
     """Log-log plot of ``|MC - noise_free|`` (slope 2) and ``|MC - prediction|`` (slope 4)
-    against sigma, from :func:`jkt_lab.theory.sigma_sweep`."""
+    against sigma, from :func:`jkt_lab.theory.sigma_sweep`. Gaps at rounding level
+    (:func:`at_rounding`) are left off the log axis and named "exact to float precision"."""
     rows = sweep["rows"]
     sigmas = [r["sigma"] for r in rows]
     fig = go.Figure()
-    series = [("noise_free", f"|MC - noise-free|  (slope {sweep['slope_noise_free']:.2f})", "#1f77b4"),
-              ("prediction", f"|MC - prediction|  (slope {sweep['slope_prediction']:.2f})", "#d62728")]
+    series = [("noise_free", "|MC - noise-free|", "#1f77b4"), ("prediction", "|MC - prediction|", "#d62728")]
     if "slope_proposition1" in sweep and not math.isclose(rows[0]["curvature_term"], 0.0, abs_tol=1e-15):
-        series.append(("proposition1", f"|MC - Proposition 1|  (slope {sweep['slope_proposition1']:.2f})", "#ff7f0e"))
+        series.append(("proposition1", "|MC - Proposition 1|", "#ff7f0e"))
+    exact = []
     for key, name, color in series:
-        gaps = [max(abs(r["monte_carlo"] - r[key]), 1e-300) for r in rows]
-        fig.add_trace(go.Scatter(x=sigmas, y=gaps, mode="lines+markers", name=name, line={"color": color}))
-    return _loglog(fig, "absolute gap", f"Noise vs. Jacobian: {rows[0]['loss']} loss")
+        flags = at_rounding(rows, key)
+        slope = slope_text(sweep, key)
+        label = f"{name}  ({slope})" if slope.startswith("exact") else f"{name}  (slope {slope})"
+        fig.add_trace(go.Scatter(x=[s for s, f in zip(sigmas, flags) if not f],
+                                 y=[abs(r["monte_carlo"] - r[key]) for r, f in zip(rows, flags) if not f],
+                                 mode="lines+markers", name=label, line={"color": color}))
+        if any(flags):
+            exact.append(name)
+    _loglog(fig, "absolute gap", f"Noise vs. Jacobian: {rows[0]['loss']} loss")
+    if exact:
+        fig.add_annotation(text=f"{' and '.join(exact)}: exact to float precision (gap below {ROUNDING:g} x the "
+                                f"loss), not drawn on the log axis", xref="paper", yref="paper", x=0.0, y=1.0,
+                           xanchor="left", yanchor="bottom", showarrow=False, font={"size": 11})
+    return fig
 
 
 def _loglog(fig: go.Figure, ytitle: str, title: str) -> go.Figure:
@@ -48,6 +85,19 @@ def _loglog(fig: go.Figure, ytitle: str, title: str) -> go.Figure:
     fig.update_layout(title=title, template="plotly_white",
                       legend={"x": 0.99, "y": 0.01, "xanchor": "right", "yanchor": "bottom",
                               "bgcolor": "rgba(255,255,255,0.8)"})
+    return fig
+
+
+def reference_lines(fig: go.Figure, *, chance: float | None = None, teacher: float | None = None,
+                    row: int | None = None, col: int | None = None) -> go.Figure:
+    """Dotted horizontal lines at chance and at the teacher's accuracy (fractions; drawn in %),
+    so that a student's accuracy is read against both."""
+    where = {} if row is None else {"row": row, "col": col}
+    for value, name, color in ((chance, "chance", "#7f7f7f"), (teacher, "teacher", "#000000")):
+        if value is not None:
+            fig.add_hline(y=100 * float(value), line={"dash": "dot", "color": color, "width": 1},
+                          annotation_text=f"{name} {100 * float(value):.1f}%", annotation_position="top left",
+                          annotation_font={"size": 10, "color": color}, **where)
     return fig
 
 
@@ -62,8 +112,10 @@ def _grouped(records, x: str, metric: str, color: str):
 
 
 def accuracy_figure(records: Iterable[Mapping], *, x: str = "config.per_class", metric: str = "metrics.test_acc",
-                    color: str = "config.method", title: str = "Test accuracy against images per class") -> go.Figure:
-    """Mean (+- std over seeds) of ``metric`` against ``x``, one line per ``color`` value."""
+                    color: str = "config.method", title: str = "Test accuracy against images per class",
+                    chance: float | None = None, teacher: float | None = None) -> go.Figure:
+    """Mean (+- std over seeds) of ``metric`` against ``x``, one line per ``color`` value;
+    ``chance`` and ``teacher`` (fractions) add reference lines."""
     records = list(records)
     fig = go.Figure()
     for name, pts in _grouped(records, x, metric, color).items():
@@ -75,12 +127,15 @@ def accuracy_figure(records: Iterable[Mapping], *, x: str = "config.per_class", 
     fig.update_xaxes(type="log" if x.endswith("per_class") else "linear", title=x.split(".")[-1])
     fig.update_yaxes(title="accuracy (%)")
     fig.update_layout(title=title, template="plotly_white")
-    return fig
+    return reference_lines(fig, chance=chance, teacher=teacher)
 
 
 def noise_figure(records: Iterable[Mapping], *, color: str = "config.method",
-                 title: str = "Accuracy under Gaussian input noise") -> go.Figure:
-    """Accuracy against noise sigma (from ``metrics.noise_acc``), mean over records per ``color``."""
+                 title: str = "Accuracy under Gaussian input noise", chance: float | None = None,
+                 teacher: float | None = None) -> go.Figure:
+    """Accuracy against noise sigma (from ``metrics.noise_acc``), mean (+- std when several
+    records, e.g. seeds) per ``color``; ``chance``/``teacher`` add reference lines."""
+    import statistics
     curves: dict[str, dict[float, list[float]]] = {}
     for r in records:
         accs = lookup(r, "metrics.noise_acc") or {}
@@ -89,19 +144,26 @@ def noise_figure(records: Iterable[Mapping], *, color: str = "config.method",
     fig = go.Figure()
     for name, by_sigma in curves.items():
         sig = sorted(by_sigma)
-        fig.add_trace(go.Scatter(x=sig, y=[100 * sum(by_sigma[s]) / len(by_sigma[s]) for s in sig],
+        fig.add_trace(go.Scatter(x=sig, y=[100 * statistics.fmean(by_sigma[s]) for s in sig],
+                                 error_y={"type": "data", "array": [100 * statistics.stdev(by_sigma[s])
+                                                                    if len(by_sigma[s]) > 1 else 0.0 for s in sig]},
                                  mode="lines+markers", name=name, line={"color": _color(name)}))
     fig.update_xaxes(title="noise sigma (pixel units, [0, 1] scale)")
     fig.update_yaxes(title="accuracy (%)")
     fig.update_layout(title=title, template="plotly_white")
-    return fig
+    return reference_lines(fig, chance=chance, teacher=teacher)
 
 
-def history_figure(history: Sequence[Mapping], *, title: str = "Training") -> go.Figure:
-    """Loss terms (left) and accuracies (right) against the training step."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss terms", "accuracy"))
+def history_figure(history: Sequence[Mapping], *, title: str = "Training", chance: float | None = None,
+                   teacher: float | None = None) -> go.Figure:
+    """Loss terms (left) and accuracies (middle) against the training step; when the history
+    rows carry ``jacobian_cosine/<split>`` keys, the teacher-student Jacobian cosine (right).
+    ``chance`` and ``teacher`` (fractions) add reference lines to the accuracy panel."""
     steps = [h["step"] for h in history]
     keys = list(dict.fromkeys(k for h in history for k in h))
+    cosines = [k for k in keys if k.startswith("jacobian_cosine/")]
+    titles = ("loss terms", "accuracy") + (("teacher-student Jacobian cosine",) if cosines else ())
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
     terms = [k for k in keys if k.startswith("loss/")]
     if len(terms) == 2 and "loss/loss" in terms:  # one term: the total is the same curve
         terms.remove("loss/loss")
@@ -111,10 +173,26 @@ def history_figure(history: Sequence[Mapping], *, title: str = "Training") -> go
         if k in keys:
             fig.add_trace(go.Scatter(x=steps, y=[None if h.get(k) is None else 100 * h[k] for h in history],
                                      name=k, mode="lines+markers"), 1, 2)
+    for k in cosines:
+        fig.add_trace(go.Scatter(x=steps, y=[h.get(k) for h in history], name=f"cosine ({k.split('/', 1)[1]})",
+                                 mode="lines+markers"), 1, 3)
     fig.update_xaxes(title="step")
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(title="%", row=1, col=2)
+    if cosines:
+        fig.update_yaxes(range=[-0.05, 1.0], row=1, col=3)
     fig.update_layout(title=title, template="plotly_white")
+    return reference_lines(fig, chance=chance, teacher=teacher, row=1, col=2)
+
+
+def _square(fig: go.Figure) -> go.Figure:
+    """Square pixels in every subplot that shows a map or an image (scaleanchor y to x)."""
+    for trace in fig.data:
+        if trace.type not in ("heatmap", "image"):
+            continue
+        xa, ya = trace.xaxis or "x", trace.yaxis or "y"
+        fig.layout[f"yaxis{ya[1:]}"].update(scaleanchor=xa, scaleratio=1, constrain="domain")
+        fig.layout[f"xaxis{xa[1:]}"].update(constrain="domain")
     return fig
 
 
@@ -142,8 +220,8 @@ def saliency_grid(images, maps: Mapping[str, object], *, titles: Sequence[str] |
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_layout(title=title, template="plotly_white", height=170 * (1 + len(names)) + 60,
-                      margin={"l": 60, "r": 10, "t": 60, "b": 10})
-    return fig
+                      width=max(480, 150 * n + 80), margin={"l": 60, "r": 10, "t": 80, "b": 10})
+    return _square(fig)
 
 
 # --------------------------------------------------------------------------- notebook figures
@@ -177,24 +255,33 @@ def _to_rgb(img):
 
 
 def maps_figure(image, rows: Mapping[str, Mapping[str, object]], *, title: str = "Saliency (input Jacobian)",
-                normalize: bool = True, colorscale: str = "Inferno") -> go.Figure:
+                normalize: bool = True, colorscale: str = "Inferno", max_cols: int = 5) -> go.Figure:
     """One input image (C, H, W) on the left, then a grid of 2-D maps: ``rows`` maps a row name
     to ``{column name: (h, w) tensor}`` (maps may differ in size, e.g. attention maps of several
-    layers). Each map is scaled to [0, 1] by its maximum when ``normalize``."""
+    layers). A row with more than ``max_cols`` maps wraps onto further lines, so the figure stays
+    narrow enough for a notebook; pixels are square. Each map is scaled to [0, 1] by its maximum
+    when ``normalize``."""
     names = list(rows)
     n_cols = max((len(rows[r]) for r in names), default=0)
     if not names or n_cols == 0:
         raise ValueError("rows must hold at least one row with at least one map")
-    titles = []
+    if not isinstance(max_cols, int) or max_cols < 1:
+        raise ValueError(f"max_cols must be a positive int, got {max_cols!r}")
+    cols = min(n_cols, max_cols)
+    lines = []                                   # (row name, [(column name, map), ...]) per grid line
     for r in names:
-        cols = list(rows[r])
-        titles += ["input" if not titles else ""] + [f"{c}" for c in cols] + [""] * (n_cols - len(cols))
-    fig = make_subplots(rows=len(names), cols=1 + n_cols, horizontal_spacing=0.01,
-                        vertical_spacing=0.08 if len(names) > 1 else 0.0, subplot_titles=titles,
-                        row_titles=names if len(names) > 1 else None)
+        items = list(rows[r].items())
+        lines += [(r, items[i:i + cols]) for i in range(0, len(items), cols)]
+    titles = []
+    for i, (_, items) in enumerate(lines):
+        titles += ["input" if i == 0 else ""] + [str(c) for c, _ in items] + [""] * (cols - len(items))
+    row_titles = [r if i == 0 or lines[i - 1][0] != r else "" for i, (r, _) in enumerate(lines)]
+    fig = make_subplots(rows=len(lines), cols=1 + cols, horizontal_spacing=0.01,
+                        vertical_spacing=min(0.08, 0.3 / len(lines)) if len(lines) > 1 else 0.0,
+                        subplot_titles=titles, row_titles=row_titles if len(names) > 1 else None)
     fig.add_trace(go.Image(z=_to_rgb(image), name="input"), 1, 1)
-    for i, r in enumerate(names):
-        for j, (col, m) in enumerate(rows[r].items()):
+    for i, (r, items) in enumerate(lines):
+        for j, (col, m) in enumerate(items):
             m = m.detach().cpu().float()
             if normalize:
                 m = m / m.abs().max().clamp(min=1e-12)
@@ -203,15 +290,15 @@ def maps_figure(image, rows: Mapping[str, Mapping[str, object]], *, title: str =
                                      name=f"{r}: {col}"), i + 1, j + 2)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(title=title, template="plotly_white", height=190 * len(names) + 90,
-                      width=max(420, 150 * (1 + n_cols)), margin={"l": 60, "r": 10, "t": 80, "b": 10})
-    return fig
+    fig.update_layout(title=title, template="plotly_white", height=170 * len(lines) + 90,
+                      width=max(420, 150 * (1 + cols) + 60), margin={"l": 60, "r": 10, "t": 80, "b": 10})
+    return _square(fig)
 
 
 def robustness_figure(curves: Mapping[str, Sequence[Mapping]], *,
-                      title: str = "Accuracy under Gaussian input noise") -> go.Figure:
+                      title: str = "Accuracy under Gaussian input noise", chance: float | None = None) -> go.Figure:
     """Accuracy against noise sigma, one line per model: ``curves`` maps a name to the rows of
-    :func:`jkt_lab.train.robustness` (each with ``sigma`` and ``acc``)."""
+    :func:`jkt_lab.train.robustness` (each with ``sigma`` and ``acc``); ``chance`` adds a line."""
     fig = go.Figure()
     for name, rows in curves.items():
         rows = sorted(rows, key=lambda r: r["sigma"])
@@ -221,13 +308,14 @@ def robustness_figure(curves: Mapping[str, Sequence[Mapping]], *,
     fig.update_xaxes(title="noise sigma (pixel units, [0, 1] scale)")
     fig.update_yaxes(title="accuracy (%)")
     fig.update_layout(title=title, template="plotly_white")
-    return fig
+    return reference_lines(fig, chance=chance)
 
 
 def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.test_acc",
-                  title: str = "Test accuracy") -> go.Figure:
-    """Bars of the mean ``metric`` (%, +- std over records) per label; ``label(record)`` names a
-    record's bar (e.g. method and initialisation). Bars keep the order labels first appear in."""
+                  title: str = "Test accuracy", chance: float | None = None, teacher: float | None = None) -> go.Figure:
+    """Bars of the mean ``metric`` (%) per label, error bars the sample std over the records
+    (e.g. seeds; none for a single record), ``n`` under each label; ``label(record)`` names a
+    record's bar. Bars keep the order labels first appear in; ``chance``/``teacher`` add lines."""
     import statistics
     groups: dict[str, list[float]] = {}
     for r in records:
@@ -235,14 +323,16 @@ def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.t
         if v is not None:
             groups.setdefault(str(label(r)), []).append(100 * float(v))
     names = list(groups)
-    fig = go.Figure(go.Bar(x=names, y=[statistics.fmean(groups[n]) for n in names],
-                           error_y={"type": "data", "array": [statistics.pstdev(groups[n]) for n in names]},
+    means = [statistics.fmean(groups[n]) for n in names]
+    stds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
+    fig = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": stds},
                            marker={"color": [_color(n) or "#7f7f7f" for n in names]},
-                           text=[f"{statistics.fmean(groups[n]):.1f}" for n in names], textposition="outside",
+                           text=[f"{m:.1f}" for m in means], textposition="inside", insidetextanchor="middle",
                            name=metric.split(".")[-1]))
+    fig.update_xaxes(tickvals=names, ticktext=[f"{n}<br>n={len(groups[n])}" for n in names])
     fig.update_yaxes(title="accuracy (%)", rangemode="tozero")
     fig.update_layout(title=title, template="plotly_white")
-    return fig
+    return reference_lines(fig, chance=chance, teacher=teacher)
 
 
 def attention_figure(model, image, *, p: float = 2.0, title: str = "Attention maps and their Jacobians") -> go.Figure:
@@ -265,6 +355,97 @@ def attention_figure(model, image, *, p: float = 2.0, title: str = "Attention ma
     att = {t: attention_map(feats[t].detach(), p, normalize=False)[0].reshape(feats[t].shape[-2:]) for t in taps}
     sal = {t: jac[0, i].abs().amax(dim=0) for i, t in enumerate(taps)}
     return maps_figure(image, {"attention map": att, "Jacobian of its max": sal}, title=title)
+
+
+def examples_figure(images, labels, classes: Sequence[str], *, per_class: int = 8,
+                    title: str = "Training images, one row per class") -> go.Figure:
+    """A mosaic of the first ``per_class`` images (C, H, W in [0, 1]) of every class, one row per
+    class, labelled with the class names (one image, so it draws fast)."""
+    import torch
+
+    images, labels = images.detach().cpu(), labels.detach().cpu()
+    c, h, w = images.shape[1:]
+    pad = 2
+    k = len(classes)
+    mosaic = torch.ones(3, k * (h + 2 * pad), per_class * (w + 2 * pad)) * 0.85
+    for ci in range(k):
+        idx = torch.nonzero(labels == ci).flatten()[:per_class].tolist()
+        for j, i in enumerate(idx):
+            top, left = ci * (h + 2 * pad), j * (w + 2 * pad)
+            img = images[i] if c == 3 else images[i].expand(3, -1, -1)
+            mosaic[:, top + pad:top + pad + h, left + pad:left + pad + w] = img.clamp(0, 1)
+    fig = go.Figure(go.Image(z=_to_rgb(mosaic), name="images", hoverinfo="skip"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(tickvals=[ci * (h + 2 * pad) + h / 2 + pad for ci in range(k)], ticktext=list(classes),
+                     showgrid=False, zeroline=False)
+    fig.update_layout(title=title, template="plotly_white", width=min(900, 120 + per_class * 60),
+                      height=80 + k * 58, margin={"l": 110, "r": 10, "t": 50, "b": 10})
+# --------------------------------------------------------------------------- report figures
+
+
+def accuracy_groups_figure(records: Iterable[Mapping], *, x: str = "config.per_class",
+                           metric: str = "metrics.test_acc", color: str = "config.method",
+                           title: str = "Test accuracy by images per class",
+                           reference: Mapping[str, float] | None = None) -> go.Figure:
+    """Grouped bars of the mean ``metric`` (%, error bars: std over seeds) on a categorical ``x``
+    axis (for few settings, where a line on a log axis would show single points), one bar per
+    ``color`` value. ``reference`` draws dotted horizontal lines, e.g. ``{"chance": 0.1}``."""
+    groups = _grouped(list(records), x, metric, color)
+    values = list(dict.fromkeys(p[0] for pts in groups.values() for p in pts))  # first seen, numbers sorted
+    if all(v is None or isinstance(v, (int, float)) for v in values):
+        values.sort(key=lambda v: (v is None, v or 0))
+    label = {v: "all" if v is None else str(v) for v in values}
+    fig = go.Figure()
+    for name, pts in groups.items():
+        pts = sorted(pts, key=lambda p: values.index(p[0]))
+        fig.add_trace(go.Bar(x=[label[p[0]] for p in pts], y=[100 * p[1] for p in pts], name=name,
+                             error_y={"type": "data", "array": [100 * p[2] for p in pts]},
+                             text=[f"{100 * p[1]:.1f}" for p in pts], textposition="inside", insidetextanchor="start",
+                             marker={"color": _color(name)}, hovertext=[f"n = {p[3]}" for p in pts]))
+    for i, (name, value) in enumerate((reference or {}).items()):
+        fig.add_hline(y=100 * value, line={"dash": "dot", "color": "#555555"}, annotation_text=f"{name} {100 * value:.0f}%",
+                      annotation_position="top left" if i % 2 == 0 else "bottom left")
+    axis = {"per_class": "images per class", "variant": "method", "method": "method"}.get(x.split(".")[-1], x)
+    fig.update_xaxes(type="category", title=axis, categoryorder="array",
+                     categoryarray=[label[v] for v in values])
+    fig.update_yaxes(title=f"{metric.split('.')[-1].replace('_', ' ')} (%)", rangemode="tozero")
+    fig.update_layout(title=title, template="plotly_white", barmode="group")
+    return fig
+
+
+def training_curves_figure(records: Iterable[Mapping], *, color: str = "config.method",
+                           title: str = "Training curves (mean over seeds, band: min to max)") -> go.Figure:
+    """From each record's ``history``: validation accuracy (left) and the cross-entropy on the
+    labels, the loss term every method has (right), against the step; one line per ``color``
+    value, the mean over its records at each step, with a band from the lowest to the highest."""
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for r in records:
+        name = str(lookup(r, color))
+        for h in r.get("history") or []:
+            for key in ("val_acc", "loss/ce"):
+                if h.get(key) is not None:
+                    curves.setdefault(name, {}).setdefault(key, {}).setdefault(h["step"], []).append(float(h[key]))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation accuracy (%)",
+                                                        "training cross-entropy on the labels (term ce)"))
+    for name, by_key in curves.items():
+        for col, key in ((1, "val_acc"), (2, "loss/ce")):
+            pts = by_key.get(key)
+            if not pts:
+                continue
+            steps = sorted(pts)
+            scale = 100.0 if key == "val_acc" else 1.0
+            mean = [scale * sum(pts[s]) / len(pts[s]) for s in steps]
+            lo, hi = [scale * min(pts[s]) for s in steps], [scale * max(pts[s]) for s in steps]
+            c = _color(name) or "#7f7f7f"
+            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.15,
+                                     line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name), 1, col)
+            fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=name, line={"color": c}, legendgroup=name,
+                                     showlegend=col == 1), 1, col)
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(title="%", row=1, col=1)
+    fig.update_yaxes(title="cross-entropy", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white")
+    return fig
 
 
 ROBUSTNESS_COLORS = {

@@ -26,12 +26,15 @@ from . import viz
 from .config import Config
 
 __all__ = ["Panel", "equivalence_panel", "saliency_panel", "distillation_panel", "robustness_panel",
-           "transfer_panel", "html_table", "SIGMA_GRID"]
+           "transfer_panel", "html_table", "table", "Table", "SIGMA_GRID", "SEED_CHOICES"]
 
 #: sigma values the equivalence panel offers (log-spaced).
 SIGMA_GRID = tuple(float(f"{m}e{e}") for e in range(-4, 0) for m in (1, 2, 5)) + (1.0,)
 
 _STYLE = {"description_width": "initial"}
+
+#: The panels' "seeds" control: one run, or the same settings at three seeds (mean ± std).
+SEED_CHOICES = (("1 seed", 1), ("3 seeds", 3))
 
 
 def _interactive() -> bool:
@@ -43,24 +46,64 @@ def _interactive() -> bool:
     return get_ipython() is not None
 
 
-def html_table(rows, columns=None, *, empty: str = "no results yet") -> str:
-    """An HTML table of row mappings (for ``ipywidgets.HTML``)."""
+def html_table(rows, columns=None, *, empty: str = "no results yet", floatfmt: str = ".3f") -> str:
+    """An HTML table of row mappings (for ``ipywidgets.HTML`` and notebook output); floats as
+    ``floatfmt``, numbers right-aligned."""
     rows = list(rows)
     if not rows:
         return f"<i>{html.escape(empty)}</i>"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th style='padding:2px 8px'>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{html.escape(_cell(r.get(c)))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
+    head = "".join(f"<th style='padding:2px 8px;text-align:left'>{html.escape(str(c))}</th>" for c in columns)
+
+    def td(v):
+        align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
+        return f"<td style='padding:2px 8px;text-align:{align}'>{html.escape(_cell(v, floatfmt))}</td>"
+
+    body = "".join("<tr>" + "".join(td(r.get(c)) for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cell(v) -> str:
+def _cell(v, floatfmt: str = ".3f") -> str:
     if v is None:
         return ""
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return format(v, floatfmt)
     return str(v)
+
+
+class Table:
+    """Rows shown as an HTML table in a notebook (``_repr_html_``) and as a markdown table in a
+    terminal (``repr``); ``rows`` keeps the data for asserts."""
+
+    def __init__(self, rows, columns=None, *, floatfmt: str = ".3f", caption: str | None = None):
+        self.rows = [dict(r) for r in rows]
+        self.columns = list(columns) if columns else list(dict.fromkeys(k for r in self.rows for k in r))
+        self.floatfmt, self.caption = floatfmt, caption
+
+    def _repr_html_(self) -> str:
+        caption = f"<p><b>{html.escape(self.caption)}</b></p>" if self.caption else ""
+        return caption + html_table(self.rows, self.columns, floatfmt=self.floatfmt)
+
+    def __repr__(self) -> str:
+        from .results import to_markdown
+        return (f"{self.caption}\n" if self.caption else "") + to_markdown(self.rows, self.columns or None,
+                                                                           floatfmt=self.floatfmt)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def table(rows, columns=None, *, floatfmt: str = ".3f", caption: str | None = None) -> Table:
+    """``rows`` (mappings) as a :class:`Table`: the last line of a notebook cell renders it as HTML."""
+    return Table(rows, columns, floatfmt=floatfmt, caption=caption)
+
+
+def _time_left(t0: float, done: int, total: int) -> str:
+    import time
+    if done <= 0:
+        return "estimating the time left"
+    left = (time.perf_counter() - t0) / done * max(total - done, 0)
+    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.1f} min left"
 
 
 def _devices() -> list[str]:
@@ -113,6 +156,48 @@ class Panel(widgets.VBox):
     def say(self, text: str) -> None:
         self.status.value = html.escape(text).replace("\n", "<br>")
 
+    def train(self, configs, store, progress: widgets.IntProgress, device, on_row=None) -> list[dict]:
+        """Run ``configs`` one after the other (the teacher first, when it is not cached), with
+        ``progress`` and the status line showing the step and the time left; ``on_row(config, rows)``
+        gets each run's history rows as they come. Returns the records."""
+        import time
+
+        from .experiments import get_teacher, run
+        from .methods import get_method
+        configs = list(configs)
+        first = configs[0]
+        if get_method(first.method).needs_teacher or first.init == "finetune":
+            t0, epochs = time.perf_counter(), first.teacher_config().epochs
+            progress.description, progress.max, progress.value = "teacher", max(epochs, 1), 0
+
+            def on_teacher(row):
+                progress.value = row["epoch"]
+                self.say(f"training the teacher (once; cached afterwards): epoch {row['epoch']}/{epochs}, "
+                         f"{_time_left(t0, row['epoch'], epochs)}")
+
+            self.say("loading the teacher (training it first if it is not cached)...")
+            self.teacher_info = get_teacher(first, device=device, progress=False, callback=on_teacher)[1]
+        records = []
+        for i, config in enumerate(configs):
+            total = config.steps or config.epochs
+            progress.description, progress.max, progress.value = "steps", max(total, 1), 0
+            t0, rows = time.perf_counter(), []
+            what = f"{config.method}, seed {config.seed}" + (f" (run {i + 1} of {len(configs)})" if len(configs) > 1 else "")
+            self.say(f"training {what}...")
+
+            def on_run_row(row, config=config, rows=rows, t0=t0, total=total, what=what):
+                rows.append(row)
+                done = row["step"] if config.steps else row["epoch"]
+                progress.value = min(done, progress.max)
+                self.say(f"training {what}: {done}/{total} {'steps' if config.steps else 'epochs'}, "
+                         f"{_time_left(t0, done, total)}")
+                if on_row is not None:
+                    on_row(config, rows)
+
+            records.append(run(config, store=store, device=device, progress=False, callback=on_run_row))
+            progress.value = progress.max
+        return records
+
 
 # --------------------------------------------------------------------------- 01 equivalence
 
@@ -147,9 +232,9 @@ class EquivalencePanel(Panel):
         self.say("sampling...")
         self.sweep = sigma_sweep(teacher, student, x, sigmas, n_samples=c["n_samples"], loss=c["loss"])
         s = self.sweep
-        lines = [f"slope |MC - noise-free| = {s['slope_noise_free']:.2f} (theory 2); "
-                 f"|MC - prediction| = {s['slope_prediction']:.2f} (theory 4 for smooth nets); "
-                 f"|MC - Proposition 1| = {s['slope_proposition1']:.2f}",
+        lines = [f"slope |MC - noise-free|: {viz.slope_text(s, 'noise_free')} (theory 2); "
+                 f"|MC - prediction|: {viz.slope_text(s, 'prediction')} (theory 4 for smooth nets); "
+                 f"|MC - Proposition 1|: {viz.slope_text(s, 'proposition1')}",
                  f"curvature term = {s['rows'][0]['curvature_term']:.3g}, "
                  f"Jacobian term = {s['rows'][0]['jacobian_term']:.3g}"]
         if c["activation"] == "relu":
@@ -191,7 +276,7 @@ class SaliencyPanel(Panel):
             w.observe(lambda _change: self._on_click(), names="value")
 
     def run(self) -> None:
-        from .saliency import mask_overlap, saliency
+        from .saliency import centre_prior, mask_overlap, saliency
         c = {k: w.value for k, w in self.controls.items()}
         i = c["image"]
         x, y = self.data.x_test[i:i + 1], self.data.y_test[i:i + 1]
@@ -207,8 +292,12 @@ class SaliencyPanel(Panel):
             maps[f"{name}<br>(says {self.data.classes[pred]})"] = m[0]
             if self.data.mask_test is not None:
                 ov = mask_overlap(m, self.data.mask_test[i:i + 1])
-                lines.append(f"{name}: {100 * ov['overlap']:.0f}% of its top pixels on the object "
-                             f"(chance {100 * ov['chance']:.0f}%)")
+                lines.append(f"{name}: {100 * ov['overlap']:.0f}% of its top pixels on the object")
+        if self.data.mask_test is not None:
+            mask = self.data.mask_test[i:i + 1]
+            blob = mask_overlap(centre_prior(*mask.shape[1:])[None], mask)
+            lines.append(f"for reference on this image: chance {100 * blob['chance']:.0f}%, a fixed blob in the "
+                         f"centre (it never looks at the image) {100 * blob['overlap']:.0f}%")
         what = f"class {self.data.classes[c['class']]}" if c["output"] == "class" else c["output"]
         title = f"image {i}, true class {self.data.classes[int(y)]}; output: {what}"
         self.say("\n".join(lines))
@@ -228,7 +317,7 @@ def saliency_panel(models: Mapping[str, torch.nn.Module], data, **defaults) -> S
 
 class DistillationPanel(Panel):
     METHODS = ("ce", "kd", "activations", "kd+jacobian", "activations+jacobian", "noise")
-    DATASETS = ("shapes", "digits", "cifar10")
+    DATASETS = ("shapes", "digits", "cifar10", "imagefolder", "npz")
 
     def __init__(self, store, base: Config | None = None):
         from .nbtools import committed_results, course_config
@@ -237,8 +326,10 @@ class DistillationPanel(Panel):
         b = self.base
         per_class = sorted({1, 2, 5, 10, 20, 50, b.per_class or 10})
         controls = {
-            "dataset": widgets.Dropdown(options=list(self.DATASETS), value=b.dataset, description="dataset",
-                                        style=_STYLE),
+            "dataset": widgets.Dropdown(options=list(dict.fromkeys((*self.DATASETS, b.dataset))), value=b.dataset,
+                                        description="dataset", style=_STYLE),
+            "data_path": widgets.Text(value=b.data_path or "", placeholder="your folder or .npz (imagefolder, npz)",
+                                      description="data_path", style=_STYLE),
             "method": widgets.Dropdown(options=list(self.METHODS), value=b.method, description="method",
                                        style=_STYLE),
             "jacobian_weight": widgets.FloatLogSlider(value=b.jacobian_weight, base=10, min=-2, max=2, step=0.25,
@@ -249,7 +340,8 @@ class DistillationPanel(Panel):
                                           style=_STYLE),
             "steps": widgets.IntSlider(value=b.steps or 300, min=5, max=3000, step=5, description="steps",
                                        style=_STYLE),
-            "seed": widgets.BoundedIntText(value=b.seed, min=0, max=10_000, description="seed", style=_STYLE),
+            "seed": widgets.BoundedIntText(value=b.seed, min=0, max=10_000, description="seed (first)", style=_STYLE),
+            "seeds": widgets.ToggleButtons(options=list(SEED_CHOICES), value=1, description="seeds", style=_STYLE),
             "device": widgets.Dropdown(options=_devices(), value="auto", description="device", style=_STYLE),
         }
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps")
@@ -257,10 +349,14 @@ class DistillationPanel(Panel):
         self.committed = widgets.HTML()
         self.history: list[dict] = []
         self.record: dict | None = None
-        super().__init__("Few-shot distillation: train one student", controls, extra=(self.progress,),
-                         below=(widgets.HTML("<b>Your runs</b> (test accuracy %, mean ± std over seeds, "
-                                             "columns: images per class)"), self.table,
-                                widgets.HTML("<b>Committed results</b> (results/*.jsonl)"), self.committed))
+        self.records: list[dict] = []
+        self.teacher_info: dict | None = None
+        super().__init__("Few-shot distillation: train one student (or three seeds)", controls, extra=(self.progress,),
+                         below=(widgets.HTML("<b>Your runs</b>: one row per setting (every setting that differs "
+                                             "between your runs is a column), test accuracy % as mean ± std over "
+                                             "its n runs (seeds)"), self.table,
+                                widgets.HTML("<b>Committed results</b> (results/*.jsonl; their settings are in "
+                                             "each file's REPORT.md)"), self.committed))
         self.refresh_table()
         committed = committed_results()
         if committed:
@@ -271,46 +367,66 @@ class DistillationPanel(Panel):
 
     def config(self) -> Config:
         c = {k: w.value for k, w in self.controls.items()}
+        from .data import PATH_DATASETS
+        path = (c["data_path"].strip() or None) if c["dataset"] in PATH_DATASETS else None
         changes = dict(dataset=c["dataset"], method=c["method"], jacobian_weight=c["jacobian_weight"],
-                       sigma=c["sigma"], per_class=c["per_class"], steps=c["steps"], seed=c["seed"])
+                       sigma=c["sigma"], per_class=c["per_class"], steps=c["steps"], seed=c["seed"],
+                       data_path=path)
         if c["dataset"] != self.base.dataset:  # n_train/n_test size the generated shapes only
             changes.update(n_train=None, n_test=None)
         return self.base.replace(**changes)
 
+    def configs(self) -> list[Config]:
+        """The runs one press of Run makes: the settings at ``seeds`` consecutive seeds."""
+        config = self.config()
+        return [config.replace(seed=config.seed + i) for i in range(self.controls["seeds"].value)]
+
     def refresh_table(self) -> None:
-        from .report import accuracy_table
+        from .course import runs_table
         from .results import ResultStore
         records = ResultStore(self.store_path).records() if self.store_path.exists() else []
-        self.table.value = html_table(accuracy_table(records) if records else [])
-
-    def _on_row(self, row: dict) -> None:
-        self.history.append(row)
-        self.progress.value = min(row["step"], self.progress.max)
-        self.show(viz.history_figure(self.history, title=self._title))
+        self.table.value = html_table(runs_table(records) if records else [])
 
     def run(self) -> None:
-        from .experiments import run
-        config = self.config()
+        import statistics
+
+        from .course import chance_level
+        configs = self.configs()
+        first = configs[0]
+        chance = chance_level(first)
         self.history = []
-        self.progress.max, self.progress.value = config.steps or config.epochs, 0
-        self._title = f"{config.method} on {config.dataset}, {config.per_class} per class, seed {config.seed}"
-        self.say(f"training {self._title} (the teacher is trained first unless cached)...")
-        record = run(config, store=self.store_path, device=self.controls["device"].value, progress=False,
-                     callback=self._on_row)
-        self.record = record
-        self.progress.value = self.progress.max
-        self.show(viz.history_figure(record["history"], title=self._title))
+
+        def on_row(config, rows):
+            self.history = rows
+            teacher = (self.teacher_info or {}).get("metrics", {}).get("test_acc")
+            self.show(viz.history_figure(rows, title=self._title(config), chance=chance, teacher=teacher))
+
+        self.records = self.train(configs, self.store_path, self.progress, self.controls["device"].value, on_row)
+        self.record = record = self.records[-1]
+        self.history = record["history"]
         m = record["metrics"]
-        self.say(f"{self._title}: test accuracy {100 * m['test_acc']:.1f}%"
-                 + (f" (teacher {100 * m['teacher_test_acc']:.1f}%)" if "teacher_test_acc" in m else "")
+        teacher = m.get("teacher_test_acc")
+        self.show(viz.history_figure(record["history"], title=self._title(configs[-1]), chance=chance, teacher=teacher))
+        accs = [100 * r["metrics"]["test_acc"] for r in self.records]
+        summary = (f"test accuracy {accs[0]:.1f}%" if len(accs) == 1 else
+                   f"test accuracy {statistics.fmean(accs):.1f} ± {statistics.stdev(accs):.1f}% over seeds "
+                   f"{', '.join(str(c.seed) for c in configs)} ({', '.join(f'{a:.1f}' for a in accs)})")
+        self.say(f"{first.method} on {first.dataset}, {first.per_class} per class: {summary}; chance "
+                 f"{100 * chance:.1f}%" + (f", teacher {100 * teacher:.1f}%" if teacher is not None else "")
                  + f"; saved to {self.store_path.name}")
         self.refresh_table()
+
+    @staticmethod
+    def _title(config: Config) -> str:
+        return f"{config.method} on {config.dataset}, {config.per_class} per class, seed {config.seed}"
 
 
 def distillation_panel(store, base: Config | None = None) -> DistillationPanel:
     """Train one student from the chosen settings (Run), with a progress bar and a live training
     curve; every run is appended to ``store`` and the table of all runs is refreshed. ``base``
-    (default :func:`jkt_lab.nbtools.course_config`) gives every setting the panel does not show."""
+    (default :func:`jkt_lab.nbtools.course_config`) gives every setting the panel does not show.
+    Your own data: choose ``imagefolder`` or ``npz`` and type its path in ``data_path`` (or pass
+    ``base=Config(dataset="npz", data_path=...)``)."""
     return DistillationPanel(store, base)
 
 
@@ -347,7 +463,7 @@ class RobustnessPanel(Panel):
                                            seed=c["seed"])
         self.say(", ".join(f"{n}: {100 * rows[-1]['acc']:.1f}% at sigma={rows[-1]['sigma']:.2f}"
                            for n, rows in self.curves.items()))
-        self.show(viz.robustness_figure(self.curves))
+        self.show(viz.robustness_figure(self.curves, chance=1.0 / self.data.num_classes))
 
 
 def robustness_panel(models: Mapping[str, torch.nn.Module], data, **defaults) -> RobustnessPanel:
@@ -375,12 +491,15 @@ class TransferPanel(Panel):
                                                       description="jacobian_weight", style=_STYLE),
             "steps": widgets.IntSlider(value=b.steps or 300, min=5, max=3000, step=5, description="steps",
                                        style=_STYLE),
+            "seeds": widgets.ToggleButtons(options=list(SEED_CHOICES), value=1, description="seeds", style=_STYLE),
             "device": widgets.Dropdown(options=_devices(), value="auto", description="device", style=_STYLE),
         }
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps")
         self.curve_output = widgets.Output()
         self.curve: go.Figure | None = None
         self.record: dict | None = None
+        self.records: list[dict] = []
+        self.teacher_info: dict | None = None
         super().__init__("Transfer learning: source classes 0-4 -> target classes 5-9", controls,
                          extra=(self.progress,), below=(self.curve_output,))
 
@@ -391,33 +510,37 @@ class TransferPanel(Panel):
                                  attention_weight=c["attention_weight"], jacobian_weight=c["jacobian_weight"],
                                  steps=c["steps"])
 
+    def configs(self) -> list[Config]:
+        """The runs one press of Run makes: the settings at ``seeds`` consecutive seeds."""
+        config = self.config()
+        return [config.replace(seed=config.seed + i) for i in range(self.controls["seeds"].value)]
+
     def run(self) -> None:
-        from .experiments import run
+        from .course import chance_level
         from .nbtools import transfer_label
         from .results import ResultStore
-        config = self.config()
+        configs = self.configs()
+        config = configs[0]
         label = self.controls["method"].value
-        rows: list[dict] = []
-        self.progress.max, self.progress.value = config.steps or config.epochs, 0
+        chance = chance_level(config)
 
-        def on_row(row):
-            rows.append(row)
-            self.progress.value = min(row["step"], self.progress.max)
-            self.curve = viz.history_figure(rows, title=f"{label}: training")
+        def on_row(config, rows):
+            self.curve = viz.history_figure(rows, title=f"{label}, seed {config.seed}: training", chance=chance)
             self.show(self.curve, self.curve_output)
 
-        self.say(f"training {label} (the source teacher is trained first unless cached)...")
-        self.record = run(config, store=self.store_path, device=self.controls["device"].value, progress=False,
-                          callback=on_row)
-        self.progress.value = self.progress.max
-        self.curve = viz.history_figure(self.record["history"], title=f"{label}: training")
+        self.records = self.train(configs, self.store_path, self.progress, self.controls["device"].value, on_row)
+        self.record = self.records[-1]
+        self.curve = viz.history_figure(self.record["history"], title=f"{label}, seed {configs[-1].seed}: training",
+                                        chance=chance)
         self.show(self.curve, self.curve_output)
         records = [r for r in ResultStore(self.store_path).records()
                    if r["config"].get("classes") == list(config.classes or [])
                    and r["config"].get("per_class") == config.per_class]
-        self.show(viz.accuracy_bars(records, transfer_label,
-                                    title=f"Target test accuracy, {config.per_class} images per class"))
-        self.say(f"{label}: target test accuracy {100 * self.record['metrics']['test_acc']:.1f}%")
+        self.show(viz.accuracy_bars(records, transfer_label, chance=chance,
+                                    title=f"Target test accuracy, {config.per_class} images per class "
+                                          "(mean ± std over the runs in your store)"))
+        accs = ", ".join(f"{100 * r['metrics']['test_acc']:.1f}%" for r in self.records)
+        self.say(f"{label}: target test accuracy {accs} (chance {100 * chance:.0f}%)")
 
 
 def transfer_panel(store, base: Config | None = None) -> TransferPanel:

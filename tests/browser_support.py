@@ -273,9 +273,12 @@ return JSON.stringify({ok: true});
 
 JS_SCROLL = _JS_PANEL + """
 // Put the cell holding the target (default: the first widget, else the first plot) at the top.
+// A target "text=..." is the first cell whose text contains it.
 const node = panel.node;
-const el = (arguments[1] && node.querySelector(arguments[1])) || node.querySelector(arguments[2])
-           || node.querySelector(arguments[3]);
+const target = arguments[1];
+const byText = t => Array.from(node.querySelectorAll('.jp-Cell')).find(c => (c.innerText || '').includes(t));
+const el = (target && (target.startsWith('text=') ? byText(target.slice(5)) : node.querySelector(target)))
+           || node.querySelector(arguments[2]) || node.querySelector(arguments[3]);
 if (!el) return JSON.stringify({framed: false});
 const cell = el.closest('.jp-Cell') || el;
 cell.scrollIntoView({block: 'start'});
@@ -412,13 +415,62 @@ def compress_png(src: Path, dst: Path, colors: int = 192, width: int | None = No
     return dst
 
 
+# ------------------------------------------------------------------------------------ report.html
+# A report (jkt_lab.report) wraps each plotly figure in div.figure; a figure is drawn when its
+# .js-plotly-plot holds plotly's .main-svg and has a width.
+JS_REPORT = """
+const figs = Array.from(document.querySelectorAll('div.figure'));
+const drawn = figs.filter(f => f.querySelector('.js-plotly-plot .main-svg')
+                              && f.querySelector('.js-plotly-plot').getBoundingClientRect().width > 50);
+return JSON.stringify({
+  ready: document.readyState, figures: figs.length, drawn: drawn.length,
+  plotly_loaded: typeof window.Plotly !== 'undefined',
+  tables: document.querySelectorAll('table').length,
+  table_rows: document.querySelectorAll('table tbody tr').length,
+  heatmaps: document.querySelectorAll('.js-plotly-plot .heatmaplayer image, .js-plotly-plot .imagelayer image').length,
+  scripts_with_src: Array.from(document.querySelectorAll('script[src]')).map(s => s.src),
+  height: document.documentElement.scrollHeight});
+"""
+
+
+def open_report(driver, path: Path, timeout: float = 60.0) -> dict:
+    """Open a report.html from disk (file://) and wait until every figure is drawn (or time out);
+    returns what the page holds (JS_REPORT) and the browser console's SEVERE messages."""
+    driver.get(Path(path).resolve().as_uri())
+    state = {}
+
+    def drawn():
+        state.update(_json(driver, JS_REPORT) or {})
+        return state.get("ready") == "complete" and state.get("figures", 0) > 0 \
+            and state.get("drawn") == state.get("figures")
+    try:
+        wait_for(drawn, timeout, f"the figures of {path} to draw")
+    except TimeoutError:
+        pass  # the caller asserts on the counts
+    state["console"] = browser_errors(driver)
+    return state
+
+
+def report_screenshot(driver, path: Path, out: Path, *, height: int | None = None) -> Path:
+    """Screenshot of a report opened with :func:`open_report`: the whole page (window resized to
+    its height) or its top ``height`` pixels."""
+    full = _json(driver, JS_REPORT)["height"]
+    driver.set_window_size(1280, min(full, height or full) + 140)  # + the headless window's chrome
+    time.sleep(1.5)  # plotly relayouts on resize
+    out.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(out))
+    return out
+
+
 # ------------------------------------------------------------------------------------ docs
-# docs/screenshots/<file>: notebook-name prefix -> (file, CSS selector to put at the top or None
-# for the first widget). Regenerate with:  python tests/browser_support.py [--full]
+# docs/screenshots/<file>: notebook-name prefix -> [(file, where to scroll: a CSS selector, "text=<text in
+# the cell>", or None for the first widget)]. Regenerate with:  python tests/browser_support.py [--full]
 DOCS_SCREENSHOTS = {
-    "01_": ("01_equivalence.png", None),
-    "02_": ("02_saliency.png", None),
-    "03_": ("03_distillation.png", None),
+    "01_": [("01_equivalence.png", None), ("01_fill_in.png", "text=Exercise 01.normalized_loss")],
+    "02_": [("02_saliency.png", None), ("02_data.png", "text=A first look at the data")],
+    "03_": [("03_distillation.png", None), ("03_fill_in.png", "text=Exercise 03.jacobian_step")],
+    "04_": [("04_robustness.png", None)],
+    "05_": [("05_transfer.png", None)],
 }
 
 
@@ -436,22 +488,25 @@ def update_docs_screenshots(full: bool = False, timeout: float = 1800.0) -> list
         server = LabServer(root=root, work=work, env_extra={} if not full else {"JKT_LAB_QUICK": "0"})
         server.start()
         try:
-            for prefix, (fname, selector) in DOCS_SCREENSHOTS.items():
+            for prefix, shots in DOCS_SCREENSHOTS.items():
                 names = sorted(p.name for p in (root / "notebooks").glob(f"{prefix}*.ipynb"))
                 if not names:
                     print(f"no notebook {prefix}*.ipynb")
                     continue
                 driver = make_driver(work / f"profile-{prefix}")
                 try:
-                    shot = work / f"{fname}"
+                    (fname, selector), *more = shots
                     run = run_notebook(driver, server, f"notebooks/{names[0]}", timeout=timeout,
-                                       screenshot=shot, frame_selector=selector)
+                                       screenshot=work / fname, frame_selector=selector)
+                    taken = [(fname, work / fname)] if run.screenshot else []
+                    for fname, selector in more if not run.problems() else []:
+                        taken.append((fname, take_screenshot(driver, f"notebooks/{names[0]}", work / fname, selector)))
                 finally:
                     driver.quit()
                     server.shutdown_kernels()
                 problems = run.problems()
                 print(f"{names[0]}: {run.seconds:.0f}s, problems: {problems or 'none'}")
-                if not problems and run.screenshot:
+                for fname, shot in taken if not problems else []:
                     out = compress_png(shot, REPO / "docs" / "screenshots" / fname)
                     print(f"  -> {out} ({out.stat().st_size // 1024} KB)")
                     written.append(out)
@@ -460,11 +515,36 @@ def update_docs_screenshots(full: bool = False, timeout: float = 1800.0) -> list
     return written
 
 
+def update_report_screenshot(report: Path, height: int | None = 2600) -> Path:
+    """docs/screenshots/demo_report.png from a report written by ``jkt-lab demo`` (its top
+    ``height`` pixels: verdict, tables, accuracy and saliency figures)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="jkt-report-shot-") as tmp:
+        driver = make_driver(Path(tmp) / "profile")
+        try:
+            state = open_report(driver, report)
+            print({k: v for k, v in state.items() if k != "scripts_with_src"})
+            if state.get("drawn") != state.get("figures") or state.get("console"):
+                raise RuntimeError(f"{report} did not render cleanly: {state}")
+            shot = report_screenshot(driver, report, Path(tmp) / "report.png", height=height)
+        finally:
+            driver.quit()
+        out = compress_png(shot, REPO / "docs" / "screenshots" / "demo_report.png", width=1000)
+    print(f"  -> {out} ({out.stat().st_size // 1024} KB)")
+    return out
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Regenerate docs/screenshots/*.png in headless Chromium.")
     parser.add_argument("--full", action="store_true", help="full-size run (JKT_LAB_QUICK=0), not quick mode")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per notebook")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="only docs/screenshots/demo_report.png, from this report.html (jkt-lab demo's)")
     args = parser.parse_args()
-    update_docs_screenshots(full=args.full, timeout=args.timeout)
+    if args.report:
+        update_report_screenshot(args.report)
+    else:
+        update_docs_screenshots(full=args.full, timeout=args.timeout)

@@ -17,14 +17,17 @@ def test_every_notebook_has_exercises():
     assert ex.exercises() == list(EXERCISES)
 
 
-@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+QUESTIONS = [k for k, e in EXERCISES.items() if e.kind != "code"]
+
+
+@pytest.mark.parametrize("exercise_id", QUESTIONS)
 def test_expected_answer_is_accepted(exercise_id):
     fb = check(exercise_id, EXERCISES[exercise_id].expected)
     assert isinstance(fb, Feedback) and fb.correct is True and bool(fb)
-    assert "correct" in repr(fb) and fb._repr_markdown_() == fb.message
+    assert "correct" in repr(fb) and fb._repr_markdown_().endswith(fb.message)
 
 
-@pytest.mark.parametrize("exercise_id", list(EXERCISES))
+@pytest.mark.parametrize("exercise_id", QUESTIONS)
 def test_unanswered_and_wrong(exercise_id):
     e = EXERCISES[exercise_id]
     fb = check(exercise_id, None)
@@ -48,6 +51,9 @@ def test_answer_formats():
     assert check("03.terms", ("KD", "jacobian", "ce"))
     assert not check("03.terms", ["ce", "kd"])
     assert "list of names" in check("03.terms", "ce kd jacobian").message
+    fb = check("02.chance", 12)                        # a percentage where a fraction is expected
+    assert fb.correct is False and "fraction" in fb.message and "0.12" in fb.message
+    assert check("02.chance", 0.12)
 
 
 def test_unknown_exercise():
@@ -85,3 +91,173 @@ def test_answers_by_the_methods():
     _, feats = teacher.forward_features(xg)
     jac = losses.attention_jacobians([feats[k] for k in teacher.feature_taps], xg)
     assert jac.shape[1] == EXERCISES["05.jacobian_rows"].expected
+
+
+# --------------------------------------------------------------------------- fill-in code exercises
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def fill_in_cells():
+    """``{exercise id: cell source}`` of every notebook cell marked as a fill-in."""
+    cells = {}
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            if "exercise" in cell.get("metadata", {}):
+                cells[cell["metadata"]["exercise"]] = "".join(cell["source"])
+    return cells
+
+
+def namespace():
+    return {"torch": torch, "losses": losses}
+
+
+def define(source: str, name: str):
+    ns = namespace()
+    exec(source, ns)  # noqa: S102 - the notebook's own cell, or a solution from the package
+    return ns[name]
+
+
+def test_every_code_exercise_has_one_fill_in_cell():
+    cells = fill_in_cells()
+    assert set(cells) == set(ex.code_exercises())
+    assert len(ex.code_exercises()) >= 4
+    for eid, source in cells.items():
+        e = EXERCISES[eid]
+        assert e.kind == "code"
+        assert 'raise NotImplementedError("write me")' in source
+        assert f"def {e.extra['function']}(" in source
+        assert e.expected not in source                          # the solution is never printed above the cell
+
+
+@pytest.mark.parametrize("exercise_id", ex.code_exercises())
+def test_fill_in_cell_fails_blank_and_passes_with_the_solution(exercise_id, capsys):
+    import inspect
+    e = EXERCISES[exercise_id]
+    name = e.extra["function"]
+    blank = define(fill_in_cells()[exercise_id], name)
+    fb = check(exercise_id, blank)
+    assert fb.correct is None and not fb and "not written yet" in fb.message
+    fallback = ex.use(exercise_id, blank)                        # the notebook goes on with the library's
+    assert fallback is not blank and "library" in capsys.readouterr().out
+    solved = define(e.expected, name)
+    assert inspect.signature(solved) == inspect.signature(blank)
+    fb = check(exercise_id, solved)
+    assert fb.correct is True, fb.message
+    assert ex.use(exercise_id, solved) is solved
+    assert e.expected in ex.solution(exercise_id) and "```python" in ex.solution(exercise_id)._repr_markdown_()
+
+
+@pytest.mark.parametrize("exercise_id", ex.code_exercises())
+def test_library_fallback_passes_its_own_check(exercise_id):
+    from jkt_lab.exercises import _CODE
+    assert check(exercise_id, _CODE[exercise_id][1]).correct is True
+
+
+# Each wrong variant: (exercise, function source, words the feedback must contain).
+WRONG = [
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    return (teacher_jac - student_jac).flatten(2).pow(2).sum(dim=2).sum(dim=1).mean()
+""", "normalise each one"),
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    s = torch.nn.functional.normalize(student_jac.flatten(2), dim=2)
+    t = torch.nn.functional.normalize(teacher_jac.detach().flatten(2), dim=2)
+    return (t - s).pow(2).sum(dim=2).mean()
+""", "reduction"),
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    s = torch.nn.functional.normalize(student_jac.flatten(2), dim=2)
+    t = torch.nn.functional.normalize(teacher_jac.detach().flatten(2), dim=2)
+    return (t - s).pow(2).sum(dim=2).sum(dim=1)
+""", "shape"),
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    s = torch.nn.functional.normalize(student_jac.flatten(2), dim=2)
+    t = torch.nn.functional.normalize(teacher_jac.flatten(2), dim=2)
+    return (t - s).pow(2).sum(dim=2).sum(dim=1).mean()
+""", "detach"),
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    return losses.jacobian_loss(student_jac.detach(), teacher_jac, "normalized")
+""", "no gradient reaches student_jac"),
+    ("01.monte_carlo", """
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    return (teacher(x) - student(x)).pow(2).sum(dim=1).mean()
+""", "noise-free"),
+    ("01.monte_carlo", """
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    noisy = (x + sigma ** 2 * torch.randn(n_samples, *x.shape, dtype=x.dtype)).flatten(0, 1)
+    return (teacher(noisy) - student(noisy)).pow(2).sum(dim=1).mean()
+""", "not by sigma^2"),
+    ("01.monte_carlo", """
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    noisy = (x + sigma * torch.randn(n_samples, *x.shape, dtype=x.dtype)).flatten(0, 1)
+    return (teacher(noisy) - student(noisy)).pow(2).mean()
+""", "reduction"),
+    ("01.monte_carlo", """
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    z1, z2 = torch.randn(2, n_samples, *x.shape, dtype=x.dtype)
+    return (teacher((x + sigma * z1).flatten(0, 1)) - student((x + sigma * z2).flatten(0, 1))).pow(2).sum(1).mean()
+""", "same noisy copy"),
+    ("02.top1_jacobian", """
+def top1_jacobian(model, x):
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(model(x).max(dim=1).values.sum(), x)[0]
+""", "shape"),
+    ("02.top1_jacobian", """
+def top1_jacobian(model, x):
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(model(x).max(dim=1).values.mean(), x)[0].unsqueeze(1)
+""", "reduction"),
+    ("02.top1_jacobian", """
+def top1_jacobian(model, x):
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(model(x).sum(), x)[0].unsqueeze(1)
+""", "sum of all logits"),
+    ("02.top1_jacobian", """
+def top1_jacobian(model, x):
+    return torch.autograd.grad(model(x).max(dim=1).values.sum(), x)[0].unsqueeze(1)
+""", "requires_grad"),
+    # the library's solution with one line broken
+    ("03.jacobian_step", ("x, create_graph=True)", "x)"), "create_graph=True"),
+    ("03.jacobian_step", ("    optimizer.zero_grad()\n", ""), "zero_grad"),
+    ("03.jacobian_step", ("    optimizer.step()\n", ""), "optimizer.step()"),
+    ("03.jacobian_step", ("top1 = t_logits.argmax", "top1 = student(x).argmax"), "teacher's top-1"),
+    ("03.jacobian_step", ("loss = jacobian_weight * ", "loss = "), "jacobian_weight"),
+    ("03.jacobian_step", """
+def jacobian_matching_step(student, teacher, x, optimizer, jacobian_weight=1.0):
+    x = x.detach().requires_grad_(True)
+    t_logits = teacher(x)
+    top1 = t_logits.argmax(dim=1, keepdim=True)
+    (j_t,) = torch.autograd.grad(t_logits.gather(1, top1).sum(), x, create_graph=True)
+    (j_s,) = torch.autograd.grad(student(x).gather(1, top1).sum(), x, create_graph=True)
+    cos = torch.nn.functional.cosine_similarity(j_s.flatten(1), j_t.flatten(1))
+    loss = jacobian_weight * (2 - 2 * cos).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss)
+""", "teacher received gradients"),
+]
+
+
+@pytest.mark.parametrize("exercise_id,source,words", WRONG, ids=[f"{w[0]}-{i}" for i, w in enumerate(WRONG)])
+def test_wrong_code_gets_a_hint_that_names_what_differs(exercise_id, source, words):
+    name = EXERCISES[exercise_id].extra["function"]
+    if isinstance(source, tuple):                                   # (old, new): one change to the solution
+        assert source[0] in EXERCISES[exercise_id].expected
+        source = EXERCISES[exercise_id].expected.replace(*source)
+    fb = check(exercise_id, define(source, name))
+    assert fb.correct is False and words in fb.message, fb.message
+
+
+def test_code_exercise_answers_that_are_not_functions():
+    assert "expected your function" in check("01.normalized_loss", 3).message
+    assert check("01.normalized_loss", None).correct is None
+    with pytest.raises(ValueError, match="fill-in"):
+        ex.use("01.cross_terms", print)

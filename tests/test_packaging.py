@@ -29,6 +29,8 @@ def conda_packages() -> set[str]:
         if isinstance(dep, str):
             name = _name(dep.split("=")[0] if "=" in dep and not re.search("[<>]", dep) else dep)
             names.add(CONDA_TO_PYPI.get(name, name))
+        else:  # the pip section: PyPI names, besides the package itself (-e .)
+            names |= {_name(r) for r in dep["pip"] if not r.startswith("-")}
     return names - {"python", "pip"}
 
 

@@ -6,7 +6,8 @@ import torch
 
 from jkt_lab import cli, pretrained
 from jkt_lab.config import Config
-from jkt_lab.data import _find_cifar10_zip, load
+from jkt_lab.data import load
+from jkt_lab.data.cifar import _find_cifar10_zip
 from jkt_lab.experiments import get_teacher
 from jkt_lab.pretrained import ShippedTeacherError, card, pretrained_teacher, shipped_for, shipped_teachers
 from jkt_lab.train import evaluate
@@ -45,7 +46,8 @@ def test_ship_then_load_checks_hash_and_card(teachers, capsys):
     state = torch.load(teachers / "toy.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     model, _ = pretrained_teacher("toy")
-    data = load("shapes", n_train=300, n_test=100)
+    data = load("shapes", n_train=300)  # a teacher is evaluated on all test images (n_test is not its own)
+    assert info["n_test"] == data.x_test.shape[0]
     assert abs(evaluate(model, data.x_test, data.y_test)["acc"] - info["test_acc"]) < 1e-9
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 

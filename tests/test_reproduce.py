@@ -81,12 +81,14 @@ def _remake_commands():
     import shlex
     from pathlib import Path
     from jkt_lab import pretrained
-    text = (pretrained.TEACHERS_DIR / "remake.sh").read_text()
+    text = (pretrained.TEACHERS_DIR / "remake.sh").read_text().replace("\\\n", " ")
     common = shlex.split(text.split("common=(", 1)[1].split(")", 1)[0])
     out = {}
     for line in text.splitlines():
         if line.startswith("$JKT train-teacher"):
-            argv = ["train-teacher"] + [common_arg for common_arg in common] + shlex.split(line)[3:]
+            argv = []
+            for token in shlex.split(line)[1:]:
+                argv += common if token == "${common[@]}" else [token]
             args = cli.build_parser().parse_args(argv)
             out[args.ship] = cli._config_from_args(args)
     return out
@@ -94,7 +96,7 @@ def _remake_commands():
 
 def test_cpu_scale_asks_for_the_shipped_teachers():
     made = _remake_commands()
-    assert set(made) == {"cifar10", "cifar10-noise", "cifar10-source"}
+    assert set(made) == {"shapes", "cifar10", "cifar10-noise", "cifar10-source"}
     base = rp.base_config("cifar10", "cpu")
     assert base.teacher_config() == made["cifar10"].teacher_config()
     assert rp._transfer_base(base, "cpu").teacher_config() == made["cifar10-source"].teacher_config()

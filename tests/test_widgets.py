@@ -196,3 +196,107 @@ def test_html_table():
     assert "no results" in widgets.html_table([])
     out = widgets.html_table([{"a": 1.23456, "b": "<x>"}])
     assert "1.235" in out and "&lt;x&gt;" in out
+
+
+def test_distillation_panel_three_seeds_in_one_click(store, base):
+    panel = widgets.distillation_panel(store=store, base=base)
+    panel.controls["method"].value = "ce"
+    panel.controls["per_class"].value = 2
+    panel.controls["steps"].value = 5
+    panel.controls["device"].value = "cpu"
+    panel.controls["seeds"].value = 3
+    assert [c.seed for c in panel.configs()] == [0, 1, 2]
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    assert [r["config"]["seed"] for r in panel.records] == [0, 1, 2]
+    assert "±" in panel.status.value and "chance 10.0%" in panel.status.value
+    panel.controls["seeds"].value = 1
+    panel.controls["jacobian_weight"].value = 10.0                     # one more run, another setting
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    table = panel.table.value
+    assert "jacobian_weight" in table and "<th style='padding:2px 8px;text-align:left'>n</th>" in table
+    assert ">3<" in table                                            # the three seeds: one row, n = 3
+    ref = [s for s in panel.figure.layout.shapes]                     # chance line on the accuracy panel
+    assert any(abs(s.y0 - 10.0) < 1e-9 for s in ref)
+
+
+def test_transfer_panel_three_seeds(store):
+    panel = widgets.transfer_panel(store=store, base=nbtools.transfer_config(**SMALL))
+    panel.controls["method"].value = "ce (scratch)"
+    panel.controls["steps"].value = 5
+    panel.controls["device"].value = "cpu"
+    panel.controls["seeds"].value = 3
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    bars = panel.figure.to_dict()["data"][0]
+    i = list(bars["x"]).index("ce (scratch)")
+    assert "n=3" in panel.figure.layout.xaxis.ticktext[i] and bars["error_y"]["array"][i] >= 0
+    assert "chance 20%" in panel.status.value
+
+
+def test_history_figure_cosine_and_reference_lines():
+    hist = [{"step": s, "loss/ce": 1.0 / s, "loss/jacobian": 1.9, "train_acc": 0.1 * s, "val_acc": 0.05 * s,
+             "jacobian_cosine/train": 0.1 * s, "jacobian_cosine/val": 0.05 * s} for s in (1, 2, 3)]
+    fig = viz.history_figure(hist, chance=0.1, teacher=0.8)
+    assert {"cosine (train)", "cosine (val)"} <= set(names(fig))
+    assert len(fig.layout.annotations) >= 3 + 2                      # three panel titles, two line labels
+    assert sorted(round(s.y0, 6) for s in fig.layout.shapes) == [10.0, 80.0]
+    plain = viz.history_figure([{k: v for k, v in h.items() if not k.startswith("jacobian_cosine")} for h in hist])
+    assert not any(n.startswith("cosine") for n in names(plain)) and not plain.layout.shapes
+
+
+def test_equivalence_figure_exact_zeros_are_not_plotted():
+    from jkt_lab.theory import sigma_sweep
+    sweep = sigma_sweep(*nbtools.toy_pair("relu"), [1e-4, 2e-4, 5e-4], n_samples=64)
+    assert all(viz.at_rounding(sweep["rows"], "prediction"))
+    assert viz.slope_text(sweep, "prediction") == "exact to float precision"
+    assert viz.slope_text(sweep, "noise_free") == f"{sweep['slope_noise_free']:.2f}"
+    fig = viz.equivalence_figure(sweep)
+    ys = [y for trace in fig.data for y in trace.y]
+    assert ys and min(ys) > 1e-30                                     # no 1e-300 floor on the log axis
+    assert any("exact to float precision" in n for n in names(fig))
+    assert "nan" not in " ".join(names(fig))
+    panel = widgets.equivalence_panel(activation="relu", sigmas=(0.0001, 0.0005), n_samples=64)
+    panel.run_button.click()
+    assert panel.error is None and "nan" not in panel.status.value
+    assert "exact to float precision" in panel.status.value
+
+
+def test_maps_figure_wraps_and_keeps_pixels_square():
+    maps = {str(c): torch.rand(8, 8) for c in range(10)}
+    fig = viz.maps_figure(torch.rand(3, 8, 8), {"teacher": maps})
+    assert fig.layout.width <= 1000                                  # no 1,650 px figure: 10 maps on 2 lines
+    assert len(names(fig)) == 11
+    rows = {t.yaxis for t in fig.data if t.type == "heatmap"}
+    assert len(rows) == 10
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert fig.layout[f"yaxis{heat.yaxis[1:]}"].scaleanchor == heat.xaxis
+    grid = viz.saliency_grid(torch.rand(2, 3, 8, 8), {"m": torch.rand(2, 8, 8)})
+    heat = next(t for t in grid.data if t.type == "heatmap")
+    assert grid.layout[f"yaxis{heat.yaxis[1:]}"].scaleanchor == heat.xaxis
+    with pytest.raises(ValueError, match="max_cols"):
+        viz.maps_figure(torch.rand(3, 8, 8), {"t": maps}, max_cols=0)
+
+
+def test_tables_render_as_html():
+    t = widgets.table([{"method": "kd", "acc": 0.5}], floatfmt=".2f", caption="results")
+    html = t._repr_html_()
+    assert "<table>" in html and "<b>results</b>" in html and "0.50" in html
+    assert "| method | acc |" in repr(t) and len(t) == 1
+
+
+def test_examples_figure():
+    x, y = torch.rand(20, 3, 8, 8), torch.arange(20) % 4
+    fig = viz.examples_figure(x, y, ["a", "b", "c", "d"], per_class=3)
+    assert len(fig.data) == 1 and fig.data[0].type == "image"
+    assert list(fig.layout.yaxis.ticktext) == ["a", "b", "c", "d"]
+    assert fig.data[0].z.shape[:2] == (4 * 12, 3 * 12)
+
+
+def test_accuracy_bars_std_over_seeds_and_lines():
+    recs = [{"config": {"method": "kd"}, "metrics": {"test_acc": a}} for a in (0.2, 0.4)]
+    fig = viz.accuracy_bars(recs, lambda r: r["config"]["method"], chance=0.1, teacher=0.9)
+    bar = fig.to_dict()["data"][0]
+    assert bar["error_y"]["array"][0] == pytest.approx(14.142, abs=1e-3)   # sample std, as the tables
+    assert fig.layout.xaxis.ticktext[0] == "kd<br>n=2" and len(fig.layout.shapes) == 2

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Trains (or resumes) and ships the CIFAR-10 teachers into jkt_lab/teachers/, one after another.
+# Trains (or resumes) and ships the shapes and CIFAR-10 teachers into jkt_lab/teachers/, one after another.
 # Resumable: each teacher checkpoints every epoch under $JKT_LAB_RUNS; rerun this script to go on.
 # These exact commands are recorded in each teacher's card.
 set -euo pipefail
 
 JKT=${JKT:-jkt-lab}
+# the embedded shapes dataset: the teacher of `jkt-lab demo` (about 75 CPU-seconds on one core)
+$JKT train-teacher --device cpu --no-progress --dataset shapes --n-train 5000 --n-test 1000 --teacher tiny \
+    --teacher-width 16 --teacher-epochs 30 --ship shapes
 common=(--device cpu --no-progress --dataset cifar10 --teacher vgg9 --teacher-epochs 30)
 # all ten classes: distillation and robustness experiments
 $JKT train-teacher "${common[@]}" --teacher-width 32 --ship cifar10
