@@ -278,11 +278,15 @@ def test_report_section_is_added_beside_other_results(tmp_path):
 
 def test_estimate_cost_measures_steps_and_skips_done_runs(tmp_path):
     configs = [Config(**TINY, method=m) for m in ("kd", "kd+jacobian_norm")]
-    est = rb.estimate_cost(configs, device="cpu", steps=(1, 3), log=lambda *a: None)
+    est = rb.estimate_cost(configs, device="cpu", steps=(1, 2), log=lambda *a: None)
     assert est["runs"] == 2 and est["wall_s"] > 0 and est["cpu_s"] > 0 and len(est["by_step"]) == 2
+    assert len(est["row"]) == len(est["overhead"]) == 1   # one model pair
     store = ResultStore(tmp_path / "r.jsonl")
     store.append({"config": configs[0].to_dict(), "metrics": {}})
-    assert rb.estimate_cost(configs, store=store, device="cpu", steps=(1, 3), log=lambda *a: None)["runs"] == 1
+    assert rb.estimate_cost(configs[:1], store=store, device="cpu", log=lambda *a: None)["runs"] == 0
+    # history rows as fit makes them: about 20 a run, or every eval_every epochs and the last
+    assert rb._history_rows(Config(steps=300, batch_size=64), 1000) == 19
+    assert rb._history_rows(Config(steps=300, batch_size=64, eval_every=50), 100) == 3
 
 
 def test_cli_robustness_quick_runs_every_part_and_resumes(tmp_path, capsys, monkeypatch):
