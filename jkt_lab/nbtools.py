@@ -19,6 +19,7 @@ from pathlib import Path
 from .config import Config, quick_mode
 
 __all__ = ["course_config", "transfer_config", "indoor67_config", "course_store", "committed_results",
+           "committed_robustness",
            "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
            "strip_outputs", "notebook_outputs", "main"]
 
@@ -128,6 +129,12 @@ def committed_results(folder: str | Path | None = None) -> list[dict]:
     for path in sorted(folder.glob("*.jsonl")):
         records += ResultStore(path).records()
     return records
+
+
+def committed_robustness(dataset: str = "shapes") -> list[dict]:
+    """Records of the committed robustness experiment on ``dataset``
+    (``results/robustness-<dataset>/``; ``jkt-lab robustness``), or an empty list."""
+    return committed_results(_REPO_ROOT / "results" / f"robustness-{dataset}")
 
 
 def trained_models(config: Config | None = None, methods: Sequence[str] = DISTILLATION_METHODS, *,

@@ -10,6 +10,7 @@ plotly figure (``panel.figure``, a ``plotly.graph_objects.Figure``) and the last
     saliency_panel(models, data)             # notebook 02: input-Jacobian saliency maps
     distillation_panel(store=...)            # notebook 03: train a student, live curve, results table
     robustness_panel(models, data)           # notebook 04: accuracy under input noise
+    robustness_experiment_panel()            # notebook 04: teachers x students, the mechanism figure
     transfer_panel(store=...)                # notebook 05: transfer-learning runs
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from . import viz
 from .config import Config
 
 __all__ = ["Panel", "equivalence_panel", "saliency_panel", "distillation_panel", "robustness_panel",
-           "transfer_panel", "html_table", "table", "Table", "SIGMA_GRID", "SEED_CHOICES"]
+           "robustness_experiment_panel", "transfer_panel", "html_table", "table", "Table", "SIGMA_GRID", "SEED_CHOICES"]
 
 #: sigma values the equivalence panel offers (log-spaced).
 SIGMA_GRID = tuple(float(f"{m}e{e}") for e in range(-4, 0) for m in (1, 2, 5)) + (1.0,)
@@ -469,6 +470,59 @@ class RobustnessPanel(Panel):
 def robustness_panel(models: Mapping[str, torch.nn.Module], data, **defaults) -> RobustnessPanel:
     """Test accuracy against input-noise sigma (:func:`jkt_lab.train.robustness`) for the chosen models."""
     return RobustnessPanel(models, data, **defaults)
+
+
+class RobustnessExperimentPanel(Panel):
+    """The robustness experiment (:mod:`jkt_lab.robustness`): load the committed results or run
+    the grid here, then the mechanism figure (accuracy under noise against the Jacobian norm).
+    ``panel.records`` holds the records shown; ``panel.figure`` the figure."""
+
+    def __init__(self, store=None, *, dataset: str = "shapes", source: str = "committed", sigma: float = 0.1):
+        from . import robustness as rb
+        from .experiments import NOISE_SIGMAS, runs_dir
+        self.store_path = Path(store) if store is not None else None
+        self._runs_dir = runs_dir
+        controls = {
+            "source": widgets.Dropdown(options=[("committed results (repository)", "committed"),
+                                                ("run the grid here (resumable)", "run")],
+                                       value=source, description="results", style=_STYLE),
+            "dataset": widgets.Dropdown(options=list(rb.SETUPS), value=dataset, description="dataset", style=_STYLE),
+            "sigma": widgets.Dropdown(options=[s for s in NOISE_SIGMAS if s > 0], value=sigma,
+                                      description="sigma of the figure", style=_STYLE),
+        }
+        self.records: list[dict] = []
+        super().__init__("Robustness to noisy inputs: teachers x students", controls, run_label="Show")
+
+    def run(self) -> None:
+        from . import robustness as rb
+        from .config import quick_mode
+        from .nbtools import committed_robustness
+        from .results import ResultStore
+        c = {k: w.value for k, w in self.controls.items()}
+        if c["source"] == "committed":
+            self.records = committed_robustness(c["dataset"])
+            if not self.records:
+                raise ValueError(f"no committed robustness results for {c['dataset']} (results/robustness-"
+                                 f"{c['dataset']}/): choose 'run the grid here'")
+            where = f"committed results/robustness-{c['dataset']}/"
+        else:
+            quick = quick_mode()
+            path = self.store_path or self._runs_dir() / f"robustness-{c['dataset']}{'-quick' if quick else ''}.jsonl"
+            rb.robustness_experiment(path, c["dataset"], parts=("teachers", "grid"), quick=quick, progress=False,
+                                     log=self.say)
+            self.records = ResultStore(path).records()
+            where = str(path)
+        quick = any(r["config"].get("extra", {}).get("quick") for r in self.records)
+        grid = rb._grid_records(self.records, c["dataset"], quick)
+        n = sum(r["config"].get("extra", {}).get("part") == "grid" for r in grid)
+        self.say(f"{n} students and {len(grid) - n} teachers from {where}")
+        self.show(viz.mechanism_figure(grid, sigma=c["sigma"],
+                                       title=f"{c['dataset']}: accuracy at sigma {c['sigma']:g} against the Jacobian norm"))
+
+
+def robustness_experiment_panel(store=None, **defaults) -> RobustnessExperimentPanel:
+    """Notebook 04's experiment: committed results or a run here, and the mechanism figure."""
+    return RobustnessExperimentPanel(store, **defaults)
 
 
 # --------------------------------------------------------------------------- 05 transfer

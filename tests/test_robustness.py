@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from jkt_lab import cli
+from jkt_lab import cli, nbtools, widgets
 from jkt_lab import robustness as rb
 from jkt_lab.config import Config
 from jkt_lab.data import load
@@ -273,6 +273,25 @@ def test_report_section_is_added_beside_other_results(tmp_path):
     assert add_robustness_section(Document("x"), [other]) is False
 
 
+def test_panel_shows_the_committed_results_and_says_when_there_are_none(tmp_path, monkeypatch):
+    folder = tmp_path / "results" / "robustness-shapes"
+    store = ResultStore(folder / "results.jsonl")
+    for r in _fake_grid():
+        store.append(r)
+    monkeypatch.setattr(nbtools, "_REPO_ROOT", tmp_path)
+    panel = widgets.robustness_experiment_panel()
+    panel.run_button.click()
+    assert panel.error is None and len(panel.records) == len(_fake_grid())
+    assert "6 students and 2 teachers" in panel.status.value
+    assert sum(len(t["x"]) for t in panel.figure.to_dict()["data"]) == 8
+    panel.controls["sigma"].value = 0.2     # no accuracy at 0.2 in these records: an empty figure, no error
+    panel.run_button.click()
+    assert panel.error is None and sum(len(t["x"]) for t in panel.figure.to_dict()["data"]) == 0
+    panel.controls["dataset"].value = "cifar10"
+    panel.run_button.click()
+    assert isinstance(panel.error, ValueError) and "run the grid here" in str(panel.error)
+
+
 # --------------------------------------------------------------------------- end to end, quick
 
 
@@ -314,3 +333,8 @@ def test_cli_robustness_quick_runs_every_part_and_resumes(tmp_path, capsys, monk
     assert cli.main(args) == 0       # resumable: nothing runs twice
     assert len(ResultStore(store)) == n
     assert "already done" in capsys.readouterr().out
+    monkeypatch.setenv("JKT_LAB_QUICK", "1")   # the notebook's panel in quick mode, on this store: all done
+    panel = widgets.robustness_experiment_panel(store, source="run")
+    panel.run_button.click()
+    assert panel.error is None and len(panel.records) == n
+    assert panel.figure.to_dict()["layout"]["xaxis"]["type"] == "log"
