@@ -60,7 +60,7 @@ __all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS
            "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
            "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
            "equivalence_configs", "equivalence_in_training", "equivalence_table", "estimate_cost", "logit_energy",
-           "logit_energy_table"]
+           "logit_energy_table", "scale_invariance_table"]
 
 EXPERIMENT = "robustness"
 SEEDS = (0, 1, 2)
@@ -449,6 +449,27 @@ def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool = Fa
                      f"val acc at sigma={SELECT_SIGMA:g}":
                          100 * (lookup(r, "metrics.val_noise_acc") or {}).get(f"{SELECT_SIGMA:g}", math.nan),
                      "chosen": "yes" if chosen.get(slot, {}).get(key) == getattr(c, key) else ""})
+    return rows
+
+
+def scale_invariance_table(scales: Iterable[float] = (0.1, 0.5, 1.0, 2.0, 10.0), *, teacher_norm: float = 8.0,
+                           sigma: float = SELECT_SIGMA, shape: tuple[int, ...] = (3, 32, 32), seed: int = 0) -> list[dict]:
+    """What each Jacobian loss sees of a student whose top-1 Jacobian is ``c`` times the teacher's
+    (same direction): the normalised loss (Section 3.2; 0 whatever ``c``), the squared loss
+    ``(c - 1)^2 ||J_T||^2`` (Proposition 1), the norm penalty ``c^2 ||J_T||^2`` (``kd+jacobian_norm``),
+    and the first-order standard deviation ``sigma c ||J_T||`` of the student's output under
+    noise of std ``sigma``. ``J_T``: a random direction of norm ``teacher_norm``, computed with
+    :func:`~jkt_lab.losses.jacobian_loss`."""
+    from .losses import jacobian_loss
+    j_t = torch.randn((1, 1, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    j_t = j_t * (teacher_norm / j_t.norm())
+    rows = []
+    for c in scales:
+        j_s = float(c) * j_t
+        rows.append({"scale c": float(c), "normalised loss": float(jacobian_loss(j_s, j_t, "normalized")),
+                     "squared loss": float(jacobian_loss(j_s, j_t, "squared")),
+                     "norm penalty": float(jacobian_loss(j_s, torch.zeros_like(j_s), "squared")),
+                     f"output std at sigma={sigma:g}": sigma * float(j_s.norm())})
     return rows
 
 

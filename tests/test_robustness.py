@@ -147,6 +147,16 @@ def test_logit_energy_matches_its_second_order_prediction_on_a_linear_teacher():
     assert energy["predicted"]["2"] > 2 * clean   # the sigma^2 term is large enough to be tested
 
 
+def test_scale_invariance_table_only_the_normalised_loss_ignores_the_scale():
+    rows = rb.scale_invariance_table([0.5, 1.0, 3.0], teacher_norm=8.0, sigma=0.1)
+    for r in rows:
+        c = r["scale c"]
+        assert r["normalised loss"] == pytest.approx(0.0, abs=1e-12)
+        assert r["squared loss"] == pytest.approx((c - 1) ** 2 * 64)
+        assert r["norm penalty"] == pytest.approx(c ** 2 * 64)
+        assert r["output std at sigma=0.1"] == pytest.approx(0.1 * c * 8)
+
+
 def _pairs_record(sigma, cross, floor_noise, floor_jac):
     pairs = [{"kind": "cross", "same_seed": False, **q} for q in cross]
     pairs += [{"kind": rb.EQUIVALENCE[0], "same_seed": False, **q} for q in floor_noise]
