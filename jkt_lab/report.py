@@ -301,31 +301,6 @@ def _section(doc: Document, title: str, records: list) -> None:
                                           title=f"{title}: training curves at {shown} (mean over seeds, band: min to max)"))
 
 
-def _spearman(xs, ys) -> float | None:
-    """Spearman rank correlation (ties share their mean rank); None with fewer than 3 points."""
-    if len(xs) < 3:
-        return None
-
-    def ranks(v):
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in order[i:j + 1]:
-                r[k] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / var if var else None
-
-
 def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
     """Add the robustness experiment (``jkt_lab.robustness``) to ``doc``: the teachers' and
     students' accuracy under noise, the hyper-parameters chosen on the validation split, the
@@ -364,24 +339,7 @@ def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
                  "pixel units); cosine: teacher-student cosine of the Jacobians of the teacher's top-1 output.")
         mech = rb.mechanism_table(mine, s, quick)
         doc.table(mech, floatfmt=".3g")
-        lines = []
-        for pc in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
-            pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(sigma))
-                   for r in students if lookup(r, "config.per_class") == pc]
-            pts = [(n, a) for n, a in pts if n and a is not None]
-            rho = _spearman([p[0] for p in pts], [p[1] for p in pts])
-            if rho is not None:
-                lines.append(f"per_class {pc}: Spearman rank correlation between a student's Jacobian norm and its "
-                             f"accuracy at sigma {sigma}: {rho:+.2f} over {len(pts)} students.")
-        best: dict = {}
-        for row in mech:
-            if row["student"] != "teacher" and row[f"acc at sigma={sigma}"]:
-                acc = float(row[f"acc at sigma={sigma}"].split(" ")[0])
-                slot = (row["teacher"], row["per_class"])
-                if slot not in best or acc > best[slot][0]:
-                    best[slot] = (acc, row["student"])
-        lines += [f"most robust student at sigma {sigma} with the {t} teacher, per_class {pc}: {v[1]} ({v[0]:.1f}%)."
-                  for (t, pc), v in best.items()]
+        lines = rb.findings(mine, s, quick)
         if lines:
             doc.items(lines)
         doc.figure(mechanism_figure(grid, sigma=rb.SELECT_SIGMA,

@@ -60,7 +60,7 @@ __all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS
            "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
            "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
            "equivalence_configs", "equivalence_in_training", "equivalence_table", "estimate_cost", "logit_energy",
-           "logit_energy_table", "scale_invariance_table"]
+           "logit_energy_table", "scale_invariance_table", "findings", "spearman"]
 
 EXPERIMENT = "robustness"
 SEEDS = (0, 1, 2)
@@ -429,6 +429,88 @@ def mechanism_table(records: Sequence[Mapping], s: str | Setup | None = None, qu
                      "norm / teacher's": None if norm is None or not t_norm else norm / t_norm,
                      "cosine to teacher": cos, "n": len(recs)})
     return rows
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman rank correlation (ties share their mean rank); None with fewer than 3 points."""
+    if len(xs) != len(ys):
+        raise ValueError(f"xs and ys must have the same length, got {len(xs)} and {len(ys)}")
+    if len(xs) < 3:
+        return None
+
+    def ranks(v):
+        order = sorted(range(len(v)), key=v.__getitem__)
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in order[i:j + 1]:
+                r[k] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(list(xs)), ranks(list(ys))
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var else None
+
+
+def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool = False,
+             sigma: float = SELECT_SIGMA) -> list[str]:
+    """What the grid's records show, in sentences with their numbers (recomputed from whatever
+    records are given): each teacher's accuracy and Jacobian norm; per teacher and ``per_class``
+    the most robust student at ``sigma`` against kd; for each Jacobian variant its Jacobian norm
+    and robust accuracy relative to kd's (means over seeds and ``per_class``); and the rank
+    correlation between the students' Jacobian norms and their robust accuracy."""
+    key = f"{sigma:g}"
+    groups = _groups(_grid_records(records, s, quick))
+    acc = lambda recs: _mean_std([(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs])[0]  # noqa: E731
+    norm = lambda recs: _mean_std([lookup(r, "metrics.jacobian_norm") for r in recs])[0]  # noqa: E731
+    clean = lambda recs: _mean_std([lookup(r, "metrics.test_acc") for r in recs])[0]  # noqa: E731
+    out = []
+    for (teacher, variant, _), recs in groups.items():
+        if variant == "teacher" and acc(recs) is not None:
+            out.append(f"The {teacher} teacher: {100 * clean(recs):.1f}% clean, {100 * acc(recs):.1f}% at sigma {key}; "
+                       f"Jacobian norm {norm(recs):.3g}.")
+    slots = sorted({(t, pc) for (t, v, pc) in groups if v != "teacher"}, key=lambda k: (TEACHERS.index(k[0])
+                                                                                       if k[0] in TEACHERS else 9, k[1]))
+    for teacher, pc in slots:
+        here = {v: recs for (t, v, p), recs in groups.items() if t == teacher and p == pc and acc(recs) is not None}
+        if not here:
+            continue
+        best = max(here, key=lambda v: acc(here[v]))
+        versus = f" (kd: {100 * acc(here['kd']):.1f}%)" if "kd" in here and best != "kd" else ""
+        out.append(f"Most robust at sigma {key} with the {teacher} teacher, per_class {pc}: {best}, "
+                   f"{100 * acc(here[best]):.1f}%{versus}.")
+    for variant in VARIANTS:
+        if variant == "kd":
+            continue
+        ratios, gains = [], []
+        for (t, v, pc), recs in groups.items():
+            kd = groups.get((t, "kd", pc))
+            if v == variant and kd and norm(recs) and norm(kd) and acc(recs) is not None and acc(kd) is not None:
+                ratios.append(norm(recs) / norm(kd))
+                gains.append(acc(recs) - acc(kd))
+        if ratios:
+            n = len(ratios)
+            out.append(f"{variant} against kd (same teacher and per_class, {n} setting{'s' if n > 1 else ''}): "
+                       "Jacobian norm x "
+                       f"{statistics.fmean(ratios):.2f}, accuracy at sigma {key} "
+                       f"{100 * statistics.fmean(gains):+.1f} "
+                       "points.")
+    students = [r for rs in (recs for (_, v, _), recs in groups.items() if v != "teacher") for r in rs]
+    for pc in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
+        pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(key))
+               for r in students if lookup(r, "config.per_class") == pc]
+        pts = [(n, a) for n, a in pts if n and a is not None]
+        rho = spearman([p[0] for p in pts], [p[1] for p in pts])
+        if rho is not None:
+            out.append(f"per_class {pc}: rank correlation between a student's Jacobian norm and its accuracy at "
+                       f"sigma {key}: {rho:+.2f} over {len(pts)} students.")
+    return out
 
 
 def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool = False) -> list[dict]:

@@ -256,6 +256,15 @@ def _fake_grid():
     return recs
 
 
+def test_spearman():
+    assert rb.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rb.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rb.spearman([1, 1, 2], [5, 6, 7]) == pytest.approx(0.8660254)   # ties share their mean rank
+    assert rb.spearman([1, 2], [1, 2]) is None
+    with pytest.raises(ValueError, match="same length"):
+        rb.spearman([1, 2, 3], [1, 2])
+
+
 def test_tables_and_mechanism_figure_one_point_per_model():
     recs = _fake_grid()
     mech = rb.mechanism_table(recs)
@@ -277,8 +286,11 @@ def test_report_section_is_added_beside_other_results(tmp_path):
     paths = write_report(_fake_grid() + [other], tmp_path, plotlyjs="cdn")
     text = paths["markdown"].read_text()
     assert "## Robustness to noisy inputs on shapes" in text and "## Runs: test accuracy" in text
-    assert "Spearman rank correlation between a student's Jacobian norm and its accuracy at sigma 0.1: -0.90 over 6 students" in text
-    assert "most robust student at sigma 0.1 with the standard teacher, per_class 20: kd+jacobian_norm (60.0%)" in text
+    assert "rank correlation between a student's Jacobian norm and its accuracy at sigma 0.1: -0.90 over 6 students" in text
+    assert "Most robust at sigma 0.1 with the standard teacher, per_class 20: kd+jacobian_norm, 60.0% (kd: 30.0%)" in text
+    assert "kd+jacobian_norm against kd (same teacher and per_class, 1 setting): Jacobian norm x 0.20, accuracy at " \
+           "sigma 0.1 +30.0 points." in text
+    assert "The noise-trained teacher: 80.0% clean, 70.0% at sigma 0.1; Jacobian norm 0.5." in text
     assert paths["html"].read_text().count("plotly-graph-div") >= 2
     assert add_robustness_section(Document("x"), [other]) is False
 
