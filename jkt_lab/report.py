@@ -317,7 +317,7 @@ def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
     for dataset in sorted({d for r in records if (d := lookup(r, "config.dataset")) in rb.SETUPS}):
         s = rb.setup(dataset)
         mine = [r for r in records if lookup(r, "config.dataset") == dataset]
-        grid = rb._grid_records(mine, s, quick)
+        grid = rb.grid_records(mine, s, quick)
         students = [r for r in grid if lookup(r, "config.extra.part") == "grid"]
         per_class = sorted({p for r in students if (p := lookup(r, "config.per_class")) is not None})
         seeds = sorted({lookup(r, "config.seed") for r in students})

@@ -60,7 +60,7 @@ __all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS
            "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
            "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
            "equivalence_configs", "equivalence_in_training", "equivalence_table", "estimate_cost", "logit_energy",
-           "logit_energy_table", "scale_invariance_table", "findings", "spearman"]
+           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records"]
 
 EXPERIMENT = "robustness"
 SEEDS = (0, 1, 2)
@@ -191,10 +191,12 @@ def selection_configs(s: str | Setup, quick: bool = False) -> list[Config]:
     return _quick(out, quick)
 
 
-def select(records: Iterable[Mapping], s: str | Setup, quick: bool = False) -> dict[tuple[str, str], dict]:
+def select(records: Iterable[Mapping], s: str | Setup, quick: bool | None = None) -> dict[tuple[str, str], dict]:
     """(teacher, variant) -> ``{field: chosen value, "val_noise_acc": ..., "val_acc": ...}``, from
     the selection runs among ``records``: highest validation accuracy under noise at
     :data:`SELECT_SIGMA`, ties broken by clean validation accuracy. Missing runs are skipped."""
+    records = list(records)
+    quick = _is_quick(records) if quick is None else quick
     by_key = {r.get("key") or config_hash(r["config"]): r for r in records}
     best: dict[tuple[str, str], tuple] = {}
     for c in selection_configs(s, quick):
@@ -212,6 +214,11 @@ def select(records: Iterable[Mapping], s: str | Setup, quick: bool = False) -> d
     return {slot: {**v[2], "val_noise_acc": v[0], "val_acc": v[1]} for slot, v in best.items()}
 
 
+def _is_quick(records: Iterable[Mapping]) -> bool:
+    """Whether ``records`` come from quick mode (their configs carry ``extra.quick``)."""
+    return any(lookup(r, "config.extra.quick") for r in records)
+
+
 def grid_configs(s: str | Setup, chosen: Mapping | None = None, quick: bool = False) -> list[Config]:
     """Teacher x variant x ``per_class`` x seed, with the hyper-parameters in ``chosen`` (from
     :func:`select`; variants without a choice keep the base values)."""
@@ -225,8 +232,11 @@ def grid_configs(s: str | Setup, chosen: Mapping | None = None, quick: bool = Fa
     return _quick(out, quick)
 
 
-def chosen_configs(records: Sequence[Mapping], s: str | Setup, quick: bool = False) -> list[Config]:
-    """The grid with the hyper-parameters the selection runs in ``records`` chose."""
+def chosen_configs(records: Sequence[Mapping], s: str | Setup, quick: bool | None = None) -> list[Config]:
+    """The grid with the hyper-parameters the selection runs in ``records`` chose (``quick``:
+    None infers it from the records)."""
+    records = list(records)
+    quick = _is_quick(records) if quick is None else quick
     return grid_configs(s, select(records, s, quick), quick)
 
 
@@ -387,21 +397,23 @@ def _groups(records) -> dict[tuple, list[dict]]:
     return out
 
 
-def _grid_records(records: Sequence[Mapping], s: str | Setup | None, quick: bool) -> list[dict]:
-    """The grid's runs among ``records`` (selection runs at values not chosen are left out)."""
+def grid_records(records: Sequence[Mapping], s: str | Setup | None, quick: bool | None = None) -> list[dict]:
+    """The grid's runs among ``records``: the selection runs at values not chosen are left out
+    (``quick``: None infers it from the records); with ``s`` None, every record."""
     records = list(records)
     if s is None:
         return records
+    quick = _is_quick(records) if quick is None else quick
     tried = {config_hash(c.to_dict()) for c in selection_configs(s, quick)}
     keep = {config_hash(c.to_dict()) for c in chosen_configs(records, s, quick)}
     return [r for r in records if r.get("key") not in tried or r.get("key") in keep]
 
 
-def robustness_table(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool = False) -> list[dict]:
+def robustness_table(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool | None = None) -> list[dict]:
     """One row per teacher and per (teacher, variant, per_class): test accuracy (%, mean ± std
     over seeds) at each noise sigma. With a setup ``s``, only the grid's chosen runs count."""
     rows = []
-    for (teacher, variant, per_class), recs in _groups(_grid_records(records, s, quick)).items():
+    for (teacher, variant, per_class), recs in _groups(grid_records(records, s, quick)).items():
         sigmas = sorted({k for r in recs for k in (lookup(r, "metrics.noise_acc") or {})}, key=float)
         row = {"teacher": teacher, "student": variant, "per_class": "" if per_class is None else per_class,
                "n": len(recs)}
@@ -411,14 +423,14 @@ def robustness_table(records: Sequence[Mapping], s: str | Setup | None = None, q
     return rows
 
 
-def mechanism_table(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool = False,
+def mechanism_table(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool | None = None,
                     sigma: float = SELECT_SIGMA) -> list[dict]:
     """One row per teacher and per (teacher, variant, per_class): clean and robust (at ``sigma``)
     test accuracy (%), the mean top-1 input-Jacobian norm (pixel units), its ratio to the
     teacher's on the same images, and the teacher-student Jacobian cosine (means over seeds)."""
     rows = []
     key = f"{sigma:g}"
-    for (teacher, variant, per_class), recs in _groups(_grid_records(records, s, quick)).items():
+    for (teacher, variant, per_class), recs in _groups(grid_records(records, s, quick)).items():
         norm, _ = _mean_std([lookup(r, "metrics.jacobian_norm") for r in recs])
         t_norm, _ = _mean_std([lookup(r, "metrics.teacher_jacobian_norm") for r in recs])
         cos, _ = _mean_std([lookup(r, "metrics.saliency_cosine") for r in recs])
@@ -458,7 +470,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return cov / var if var else None
 
 
-def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool = False,
+def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool | None = None,
              sigma: float = SELECT_SIGMA) -> list[str]:
     """What the grid's records show, in sentences with their numbers (recomputed from whatever
     records are given): each teacher's accuracy and Jacobian norm; per teacher and ``per_class``
@@ -466,7 +478,7 @@ def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bo
     and robust accuracy relative to kd's (means over seeds and ``per_class``); and the rank
     correlation between the students' Jacobian norms and their robust accuracy."""
     key = f"{sigma:g}"
-    groups = _groups(_grid_records(records, s, quick))
+    groups = _groups(grid_records(records, s, quick))
     acc = lambda recs: _mean_std([(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs])[0]  # noqa: E731
     norm = lambda recs: _mean_std([lookup(r, "metrics.jacobian_norm") for r in recs])[0]  # noqa: E731
     clean = lambda recs: _mean_std([lookup(r, "metrics.test_acc") for r in recs])[0]  # noqa: E731
@@ -513,10 +525,11 @@ def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bo
     return out
 
 
-def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool = False) -> list[dict]:
+def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool | None = None) -> list[dict]:
     """Every selection run: teacher, variant, value tried, validation accuracy (clean and at
     :data:`SELECT_SIGMA`, %), and whether it was chosen."""
-    s = setup(s)
+    s, records = setup(s), list(records)
+    quick = _is_quick(records) if quick is None else quick
     by_key = {r["key"]: r for r in records if "key" in r}
     chosen = select(records, s, quick)
     rows = []

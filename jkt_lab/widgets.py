@@ -512,8 +512,7 @@ class RobustnessExperimentPanel(Panel):
                                      log=self.say)
             self.records = ResultStore(path).records()
             where = str(path)
-        quick = any(r["config"].get("extra", {}).get("quick") for r in self.records)
-        grid = rb._grid_records(self.records, c["dataset"], quick)
+        grid = rb.grid_records(self.records, c["dataset"])
         n = sum(r["config"].get("extra", {}).get("part") == "grid" for r in grid)
         self.say(f"{n} students and {len(grid) - n} teachers from {where}")
         self.show(viz.mechanism_figure(grid, sigma=c["sigma"],
