@@ -368,7 +368,8 @@ def cmd_prepare_course(args) -> int:
     from .experiments import runs_dir
     t0 = time.perf_counter()
     rows = prepare(quick=args.quick, device=args.device, progress=not args.no_progress)
-    _print_table(rows, ["part", "runs", "new", "seconds"])
+    from .results import to_markdown
+    print(to_markdown(rows, ["part", "runs", "new", "seconds"], floatfmt=".3f"))
     print(f"course caches ready in {runs_dir()} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
