@@ -28,7 +28,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from jkt_lab import models

@@ -50,11 +50,11 @@ def _parse_value(kind, text: str):
 # groups it uses (COMMAND_GROUPS); a field in no list lands in "other", so a field added to Config
 # later is still an option of distill.
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
-    "data": ("dataset", "data_path", "data_fingerprint", "image_size", "n_train", "n_test"),
+    "data": ("dataset", "data_path", "data_fingerprint", "image_size", "n_train"),
     "teacher": ("teacher", "teacher_width", "teacher_epochs", "teacher_seed", "teacher_pretrained", "teacher_classes",
                 "teacher_batch_size", "teacher_lr", "teacher_weight_decay", "teacher_schedule", "teacher_augment",
                 "teacher_label_smoothing", "teacher_train_sigma"),
-    "student": ("student", "student_width", "per_class", "classes", "init", "seed"),
+    "student": ("student", "student_width", "per_class", "classes", "init", "seed", "n_test"),
     "objective": ("method", "ce_weight", "kd_weight", "temperature", "activation_weight", "jacobian_weight",
                   "jacobian_kind", "jacobian_output", "sigma", "n_samples", "noise_loss", "attention_weight",
                   "attention_p", "lwf_weight"),
@@ -369,7 +369,8 @@ def cmd_prepare_course(args) -> int:
     from .experiments import runs_dir
     t0 = time.perf_counter()
     rows = prepare(quick=args.quick, device=args.device, progress=not args.no_progress)
-    _print_table(rows, ["part", "runs", "new", "seconds"])
+    from .results import to_markdown
+    print(to_markdown(rows, ["part", "runs", "new", "seconds"], floatfmt=".3f"))
     print(f"course caches ready in {runs_dir()} ({time.perf_counter() - t0:.0f} s)")
     return 0
 

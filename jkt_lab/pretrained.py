@@ -114,8 +114,9 @@ def check_subset(info: dict, data) -> None:
 
 
 def _normal(config_dict: dict) -> str:
-    """Hash of a config with today's defaults filled in, so fields added later do not unmatch."""
-    return config_hash(Config.from_dict(config_dict).to_dict())
+    """Hash of a card's teacher config as today's ``Config.teacher_config()`` defines it: fields
+    added later take their defaults, fields no longer part of a teacher's identity drop out."""
+    return config_hash(Config.from_dict(config_dict).teacher_config().to_dict())
 
 
 def shipped_for(teacher_config: Config, root: str | Path | None = None) -> str | None:

@@ -380,6 +380,9 @@ def examples_figure(images, labels, classes: Sequence[str], *, per_class: int = 
                      showgrid=False, zeroline=False)
     fig.update_layout(title=title, template="plotly_white", width=min(900, 120 + per_class * 60),
                       height=80 + k * 58, margin={"l": 110, "r": 10, "t": 50, "b": 10})
+    return fig
+
+
 # --------------------------------------------------------------------------- report figures
 
 

@@ -3,7 +3,6 @@ import urllib.error
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from jkt_lab import models as M
 from jkt_lab.models import MODELS, MultiHead, TapModel, build_model, count_parameters, replace_head

@@ -28,7 +28,7 @@ def teachers(tmp_path, monkeypatch):
 
 def _ship(teachers, capsys, name="toy"):
     argv = ["train-teacher", "--no-progress", "--device", "cpu", "--ship", name, "--dataset", "shapes",
-            "--n-train", "300", "--n-test", "100", "--teacher", "tiny", "--teacher-width", "8",
+            "--n-train", "300", "--teacher", "tiny", "--teacher-width", "8",
             "--teacher-epochs", "1", "--teacher-batch-size", "32"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out

@@ -51,14 +51,14 @@ def test_grid_has_the_papers_settings():
 
 def test_reproduce_quick_runs_the_same_grid_at_toy_size(tmp_path, capsys):
     store = tmp_path / "r.jsonl"
-    args = ["reproduce", "--quick", "--dataset", "shapes", "--store", str(store), "--report", str(tmp_path / "rep"),
-            "--device", "cpu", "--no-progress"]
+    args = ["reproduce", "--quick", "--scale", "cpu", "--dataset", "shapes", "--store", str(store),
+            "--report", str(tmp_path / "rep"), "--device", "cpu", "--no-progress"]
     assert cli.main(args) == 0
     records = ResultStore(store).records()
     parts = {r["config"]["extra"]["part"] for r in records}
     assert parts == {"select", "distillation", "transfer"}
     variants = {r["config"]["extra"]["variant"] for r in records}
-    assert set(rp.DISTILLATION) | set(rp.TRANSFER) <= variants
+    assert set(rp.SCALES["cpu"].variants) | set(rp.TRANSFER) <= variants
     assert {r["config"]["seed"] for r in records if r["config"]["extra"]["part"] != "select"} == set(rp.SEEDS)
     report = (tmp_path / "rep" / "REPORT.md").read_text()
     assert "## Claims of the paper" in report and "## Hyper-parameters chosen on the validation split" in report
@@ -79,7 +79,6 @@ def test_report_refuses_empty(tmp_path):
 def _remake_commands():
     """The train-teacher commands of jkt_lab/teachers/remake.sh, as parsed Configs by --ship name."""
     import shlex
-    from pathlib import Path
     from jkt_lab import pretrained
     text = (pretrained.TEACHERS_DIR / "remake.sh").read_text().replace("\\\n", " ")
     common = shlex.split(text.split("common=(", 1)[1].split(")", 1)[0])

@@ -27,6 +27,8 @@ CLASSES = ("ant", "bee", "cow")
 FAST = dict(teacher="tiny", teacher_width=4, teacher_epochs=1, teacher_batch_size=8, student="tiny",
             student_width=4, steps=3, batch_size=8, per_class=3, method="kd+jacobian")
 FAST_ARGS = [a for k, v in FAST.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+# train-teacher takes the data and teacher options only
+TEACHER_ARGS = [a for k, v in FAST.items() if k.startswith("teacher") for a in (f"--{k.replace('_', '-')}", str(v))]
 RUN_ARGS = ["--device", "cpu", "--no-progress"]
 
 
@@ -79,7 +81,7 @@ def test_cli_train_teacher_distill_sweep_report(env, dataset, monkeypatch, capsy
     fp = data.fingerprint(where)
     monkeypatch.chdir(env)                                  # relative --path: from the working directory
 
-    assert cli.main(["train-teacher", "--dataset", dataset, "--data-path", rel, *FAST_ARGS, *RUN_ARGS]) == 0
+    assert cli.main(["train-teacher", "--dataset", dataset, "--data-path", rel, *TEACHER_ARGS, *RUN_ARGS]) == 0
     teachers = sorted((env / "runs" / "teachers").glob("*.json"))
     assert len(teachers) == 1
     tconf = json.loads(teachers[0].read_text())["config"]
@@ -133,7 +135,7 @@ def test_photos_of_many_sizes_need_image_size(env, capsys):
     assert d.input_shape == (3, 16, 16) and len(d.y_train) + len(d.y_val) + len(d.y_test) == 18
     assert config.replace(image_size=16).teacher_config().image_size == 16 and "image_size" not in Config().to_dict()
     assert cli.main(["train-teacher", "--dataset", "imagefolder", "--path", str(tree), "--image-size", "16",
-                     *FAST_ARGS, *RUN_ARGS]) == 0
+                     *TEACHER_ARGS, *RUN_ARGS]) == 0
     [teacher] = (env / "runs" / "teachers").glob("*.json")
     assert json.loads(teacher.read_text())["config"]["image_size"] == 16
 

@@ -57,7 +57,11 @@ from .fingerprints import fingerprint
 from .shapes import SHAPE_CLASSES, make_shapes, read_digits, read_shapes
 
 __all__ = [
+    "CIFAR10_URL",
+    "CIFAR10_ZIP_NAME",
+    "CIFAR100_URL",
     "DATASETS",
+    "INDOOR67_URL",
     "SHAPE_CLASSES",
     "Batches",
     "Data",

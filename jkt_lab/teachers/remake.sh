@@ -6,7 +6,7 @@ set -euo pipefail
 
 JKT=${JKT:-jkt-lab}
 # the embedded shapes dataset: the teacher of `jkt-lab demo` (about 75 CPU-seconds on one core)
-$JKT train-teacher --device cpu --no-progress --dataset shapes --n-train 5000 --n-test 1000 --teacher tiny \
+$JKT train-teacher --device cpu --no-progress --dataset shapes --n-train 5000 --teacher tiny \
     --teacher-width 16 --teacher-epochs 30 --ship shapes
 common=(--device cpu --no-progress --dataset cifar10 --teacher vgg9 --teacher-epochs 30)
 # all ten classes: distillation and robustness experiments
