@@ -98,7 +98,7 @@ FIELD_HELP = {
     "classes": "train the student on these classes only (transfer target), comma-separated",
     "init": "scratch, or finetune (the student starts from the teacher)",
     "seed": "seed of the student's run (its few-shot subset, initialisation and batches)",
-    "method": "ce, kd, activations, kd+jacobian, activations+jacobian, noise, at, at+jacobian, lwf",
+    "method": "ce, kd, activations, kd+jacobian, activations+jacobian, noise, kd+jacobian_norm, at, at+jacobian, lwf",
     "ce_weight": "weight of the cross-entropy on labels",
     "kd_weight": "weight of Hinton distillation",
     "temperature": "distillation temperature",
@@ -382,6 +382,8 @@ def cmd_robustness(args) -> int:
     from .results import ResultStore, config_hash
     s = rb.setup(args.dataset)
     parts = s.parts if args.parts is None else tuple(args.parts.split(","))
+    args.store = args.store or f"results/robustness-{args.dataset}/results.jsonl"
+    args.report = args.report or str(Path(args.store).parent)
     store = ResultStore(args.store)
     if args.estimate:
         configs = rb.selection_configs(s, args.quick) + rb.grid_configs(s, None, args.quick)
@@ -495,9 +497,6 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "quick"):
         from .config import quick_mode
         args.quick = args.quick or quick_mode()
-    if args.command == "robustness":
-        args.store = args.store or f"results/robustness-{args.dataset}/results.jsonl"
-        args.report = args.report or str(Path(args.store).parent)
     from . import progress
     progress.set_enabled(not getattr(args, "no_progress", False))  # every bar, decoding bars included
     try:

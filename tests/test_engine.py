@@ -16,22 +16,9 @@ from jkt_lab.saliency import saliency_cosine
 from jkt_lab.train import JACOBIAN_PROBE, CheckpointError, NonFiniteLossError, evaluate, fit
 
 from held_reference import held_copy
+from tiny_runs import TINY
 
-TINY = dict(dataset="shapes", n_train=300, n_test=100, teacher="tiny", teacher_width=8, teacher_epochs=1,
-            student="tiny", student_width=4, per_class=5, steps=6, batch_size=32)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("JKT_LAB_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("JKT_LAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("JKT_LAB_DATA", str(tmp_path / "data"))
-    torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load("shapes", n_train=300, n_test=100)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py; also `data` there
 
 
 def models(data, seed=0):

@@ -4,6 +4,7 @@ import pytest
 from jkt_lab import cli, reproduce as rp
 from jkt_lab.report import claims, write_report
 from jkt_lab.results import ResultStore
+from shipped_teachers import remake_commands
 
 
 @pytest.fixture(autouse=True)
@@ -76,25 +77,8 @@ def test_report_refuses_empty(tmp_path):
         write_report(tmp_path / "missing.jsonl", tmp_path)
 
 
-def _remake_commands():
-    """The train-teacher commands of jkt_lab/teachers/remake.sh, as parsed Configs by --ship name."""
-    import shlex
-    from jkt_lab import pretrained
-    text = (pretrained.TEACHERS_DIR / "remake.sh").read_text().replace("\\\n", " ")
-    common = shlex.split(text.split("common=(", 1)[1].split(")", 1)[0])
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("$JKT train-teacher"):
-            argv = []
-            for token in shlex.split(line)[1:]:
-                argv += common if token == "${common[@]}" else [token]
-            args = cli.build_parser().parse_args(argv)
-            out[args.ship] = cli._config_from_args(args)
-    return out
-
-
 def test_cpu_scale_asks_for_the_shipped_teachers():
-    made = _remake_commands()
+    made = remake_commands()
     assert set(made) == {"shapes", "cifar10", "cifar10-noise", "cifar10-source"}
     base = rp.base_config("cifar10", "cpu")
     assert base.teacher_config() == made["cifar10"].teacher_config()

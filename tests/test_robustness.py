@@ -9,7 +9,6 @@ from torch import nn
 from jkt_lab import cli, nbtools, widgets
 from jkt_lab import robustness as rb
 from jkt_lab.config import Config
-from jkt_lab.data import load
 from jkt_lab.experiments import PROBE, get_teacher, load_data, run, trained_student
 from jkt_lab.methods import make_method
 from jkt_lab.models import build_model
@@ -18,22 +17,10 @@ from jkt_lab.results import ResultStore, config_hash
 from jkt_lab.saliency import jacobian_norm
 from jkt_lab.train import fit
 from jkt_lab.viz import mechanism_figure
+from shipped_teachers import remake_commands
+from tiny_runs import TINY
 
-TINY = dict(dataset="shapes", n_train=300, n_test=100, teacher="tiny", teacher_width=8, teacher_epochs=1,
-            student="tiny", student_width=4, per_class=5, steps=6, batch_size=32)
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("JKT_LAB_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("JKT_LAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("JKT_LAB_DATA", str(tmp_path / "data"))
-    torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load("shapes", n_train=300, n_test=100)
+pytestmark = pytest.mark.usefixtures("isolated")  # tests/conftest.py; also `data` there
 
 
 # --------------------------------------------------------------------------- the Jacobian-norm penalty
@@ -196,6 +183,20 @@ def test_grid_covers_teachers_students_per_class_and_seeds():
     assert {(c.method, c.jacobian_kind) for c in squared} == {("kd+jacobian", "squared")}
     cifar = rb.grid_configs("cifar10")
     assert {c.student for c in cifar} == {"vgg4"} and {c.teacher_width for c in cifar} == {32}
+
+
+def test_cifar10_grid_asks_for_exactly_the_shipped_teachers():
+    """The CIFAR-10 grid never trains a teacher: its two teachers are the configs that
+    jkt_lab/teachers/remake.sh ships as cifar10 and cifar10-noise (parsed, not copied)."""
+    made = remake_commands()
+    wanted = {"standard": made["cifar10"].teacher_config(), "noise-trained": made["cifar10-noise"].teacher_config()}
+    assert {n: c.teacher_config() for n, c in rb.teacher_configs("cifar10").items()} == wanted
+    configs = rb.grid_configs("cifar10") + rb.selection_configs("cifar10")
+    for c in configs:
+        assert c.teacher_config() == wanted[c.extra["teacher"]]
+    rows = rb.teacher_rows("cifar10")
+    for name, row in rows.items():  # a teacher's own row is its training config, scored on the students' images
+        assert row.replace(n_test=wanted[name].n_test, extra={}) == wanted[name]
 
 
 def _fake_selection(configs, val):
