@@ -331,6 +331,7 @@ def test_estimate_cost_measures_steps_and_skips_done_runs(tmp_path):
     assert rb._history_rows(Config(steps=300, batch_size=64, eval_every=50), 100) == 3
 
 
+@pytest.mark.slow  # about 40 toy runs: 400 s on a loaded 2-core machine
 def test_cli_robustness_quick_runs_every_part_and_resumes(tmp_path, capsys, monkeypatch):
     # the shapes setup, smaller still: two seeds, two values per selection, one equivalence sigma
     full = rb.SETUPS["shapes"]
