@@ -48,10 +48,12 @@ STEPS = [  # (label, method, config changes, Jacobian path: "per-example" or "ba
 ]
 
 
-def batch_mixed_jacobians(student, teacher, x, output="top1", *, labels=None, generator=None, create_graph=False):
+def batch_mixed_jacobians(student, teacher, x, output="top1", *, labels=None, generator=None, create_graph=False,
+                          teacher_outputs=None):
     """The training Jacobian before issue 9 (the baseline the per-example path is timed against):
     one forward pass on x and the gradient of the summed batch, which with train-mode BatchNorm
-    mixes every example into every row. Only for timing."""
+    mixes every example into every row. Only for timing (no teacher cache: ``teacher_outputs`` is None)."""
+    assert teacher_outputs is None
     xg = x.detach().requires_grad_(True)
     t_logits = teacher(xg)
     v = projections(t_logits.detach(), output, labels=labels, generator=generator)

@@ -59,7 +59,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
                   "jacobian_kind", "jacobian_output", "sigma", "n_samples", "noise_loss", "attention_weight",
                   "attention_p", "lwf_weight"),
     "optimisation": ("epochs", "steps", "batch_size", "lr", "momentum", "weight_decay", "schedule", "augment",
-                     "label_smoothing", "train_sigma", "amp", "eval_every"),
+                     "augment_views", "label_smoothing", "train_sigma", "amp", "eval_every"),
 }
 GROUP_TITLES = {
     "data": "data (the teacher's and the student's)",
@@ -120,6 +120,8 @@ FIELD_HELP = {
     "weight_decay": "student's weight decay",
     "schedule": "student's learning-rate schedule: cosine, step, constant",
     "augment": "flip-and-crop augmentation for the student",
+    "augment_views": "draw the student's augmentation from a fixed pool of this many views per image "
+                     "(inputs repeat, so the teacher's outputs are cached: faster)",
     "label_smoothing": "label smoothing of the student's cross-entropy",
     "train_sigma": "Gaussian input noise on every training batch of the student, [0, 1] pixel units",
     "amp": "bf16 autocast (CUDA only)",

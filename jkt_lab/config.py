@@ -17,7 +17,8 @@ __all__ = ["Config", "JACOBIAN_OUTPUTS", "SCHEDULES", "quick_mode"]
 
 JACOBIAN_OUTPUTS = ("top1", "label", "random", "all")
 SCHEDULES = ("cosine", "step", "constant")
-UNSET_OMITTED = ("data_path", "data_fingerprint", "image_size")  # left out of to_dict() while None
+# left out of to_dict() while None: fields added after results were recorded keep the old hashes
+UNSET_OMITTED = ("data_path", "data_fingerprint", "image_size", "augment_views")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Config:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     augment: bool = True
+    augment_views: int | None = None      # augment from a fixed pool of this many views per image (None: fresh each epoch)
     label_smoothing: float = 0.0          # cross-entropy on smoothed labels (Szegedy et al. 2016)
     train_sigma: float = 0.0              # Gaussian input noise added to every training batch, [0, 1] pixel units
     amp: bool = False                     # bf16 autocast (CUDA only)
@@ -96,7 +98,7 @@ class Config:
         for name in ("epochs", "teacher_epochs", "n_samples", "batch_size", "teacher_batch_size"):
             check_int(getattr(self, name), name, minimum=1 if "epochs" not in name else 0)
         check_int(self.teacher_seed, "teacher_seed", minimum=0)
-        for name in ("n_train", "n_test", "image_size"):
+        for name in ("n_train", "n_test", "image_size", "augment_views"):
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), name, minimum=1)
         for name in ("steps", "eval_every"):
@@ -148,7 +150,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields. The data fields ``UNSET_OMITTED`` appear only when set, so the
+        """Plain JSON-able fields. The fields ``UNSET_OMITTED`` appear only when set, so the
         dict (and hash) of a run that leaves them unset is what it was before they existed."""
         d = dataclasses.asdict(self)
         for k in ("classes", "teacher_classes"):

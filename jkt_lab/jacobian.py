@@ -29,7 +29,7 @@ from torch import nn
 from ._checks import check_batch, check_choice, check_index, check_int, check_labels
 
 __all__ = ["OUTPUT_CHOICES", "projections", "jacobian_forward", "batch_coupled_modules", "output_jacobian",
-           "matched_jacobians", "jacobian", "input_jacobian"]
+           "teacher_jacobian", "matched_jacobians", "jacobian", "input_jacobian"]
 
 OUTPUT_CHOICES = ("top1", "label", "random", "all")
 Output = Literal["top1", "label", "random", "all"] | torch.Tensor
@@ -229,6 +229,27 @@ def output_jacobian(
     return jac if create_graph else jac.detach()
 
 
+def teacher_jacobian(
+    teacher: nn.Module,
+    x: torch.Tensor,
+    output: Output = "top1",
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    num_projections: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's half of :func:`matched_jacobians`: ``(teacher_jac, teacher_logits, v)``, the
+    Jacobian rows ``v^T J`` of the outputs the teacher chooses (:func:`projections`, with the
+    teacher's logits as reference), computed without a graph, and its detached logits."""
+    check_batch(x, "x")
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        _, t_out, _ = jacobian_forward(teacher, xg)
+        v = projections(t_out.detach(), output, labels=labels, generator=generator, num_projections=num_projections)
+        j_t = output_jacobian(t_out, xg, v)
+    return j_t, t_out.detach(), v
+
+
 def matched_jacobians(
     student: nn.Module,
     teacher: nn.Module,
@@ -239,24 +260,33 @@ def matched_jacobians(
     generator: torch.Generator | None = None,
     create_graph: bool = False,
     num_projections: int = 1,
+    teacher_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Student and teacher Jacobians of the same outputs, chosen by the teacher (Section 3).
 
     Returns ``(student_jac, teacher_jac, student_logits, teacher_logits)``. Row ``i`` of each
     Jacobian is example ``i``'s own, also in train mode (:func:`jacobian_forward`); the
     student's logits are its ordinary forward pass. The teacher's Jacobian is computed without a
-    graph (a constant target); ``create_graph=True`` makes the student's differentiable, for
-    training. The teacher's logits are detached.
+    graph (a constant target, :func:`teacher_jacobian`); ``create_graph=True`` makes the
+    student's differentiable, for training. The teacher's logits are detached.
+    ``teacher_outputs``: the teacher's ``(teacher_jac, teacher_logits)`` on ``x``, computed
+    before (a :class:`~jkt_lab.teacher_cache.TeacherCache`); not for ``"random"`` outputs,
+    whose projections are drawn anew with ``generator``.
     """
     check_batch(x, "x")
+    if teacher_outputs is None:
+        j_t, t_logits, v = teacher_jacobian(teacher, x, output, labels=labels, generator=generator,
+                                            num_projections=num_projections)
+    else:
+        if isinstance(output, str) and output == "random":
+            raise ValueError("teacher_outputs cannot be reused for output='random' (projections are drawn per call)")
+        j_t, t_logits = teacher_outputs
+        v = projections(t_logits, output, labels=labels, num_projections=num_projections)
     xg = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        _, t_out, _ = jacobian_forward(teacher, xg)
-        v = projections(t_out.detach(), output, labels=labels, generator=generator, num_projections=num_projections)
-        j_t = output_jacobian(t_out, xg, v)
         s_logits, s_out, _ = jacobian_forward(student, xg)
         j_s = output_jacobian(s_out, xg, v, create_graph=create_graph)
-    return j_s, j_t, (s_logits if create_graph else s_logits.detach()), t_out.detach()
+    return j_s, j_t, (s_logits if create_graph else s_logits.detach()), t_logits
 
 
 def jacobian(

@@ -35,7 +35,8 @@ from torch import nn
 
 from . import losses
 from .config import Config
-from .jacobian import jacobian_forward, matched_jacobians, output_jacobian, projections
+from .jacobian import jacobian_forward, matched_jacobians, output_jacobian, projections, teacher_jacobian
+from .teacher_cache import TeacherCache
 
 __all__ = ["METHODS", "Method", "register", "get_method", "make_method"]
 
@@ -56,8 +57,14 @@ def get_method(name: str) -> type["Method"]:
     return METHODS[name]
 
 
-def make_method(name: str, student: nn.Module, teacher: nn.Module | None, config: Config) -> "Method":
-    return get_method(name)(student, teacher, config)
+def make_method(name: str, student: nn.Module, teacher: nn.Module | None, config: Config,
+                teacher_cache: TeacherCache | None = None) -> "Method":
+    """The method ``name`` for this student and teacher; ``teacher_cache``: keep the teacher's
+    outputs by input key (:mod:`jkt_lab.teacher_cache`), where the method's teacher outputs are
+    a function of the input alone (:attr:`Method.cacheable`)."""
+    method = get_method(name)(student, teacher, config)
+    method.teacher_cache = teacher_cache if method.cacheable else None
+    return method
 
 
 class Method:
@@ -69,6 +76,8 @@ class Method:
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, config: Config):
         self.student, self.teacher, self.config = student, teacher, config
+        self.teacher_cache: TeacherCache | None = None
+        self._keys: torch.Tensor | None = None
         if self.needs_teacher:
             if teacher is None:
                 raise ValueError(f"method {self.name!r} needs a teacher; pass teacher=...")
@@ -81,12 +90,31 @@ class Method:
                     f"method {self.name!r} matches their outputs, so they must agree"
                 )
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(student_logits, {term: weighted scalar})`` for one batch; ``step`` seeds randomness."""
-        return self.terms(x, y, step)
+    @property
+    def cacheable(self) -> bool:
+        """True when what the method asks of the teacher depends on the input alone (not on the
+        step's randomness), so a :class:`~jkt_lab.teacher_cache.TeacherCache` may serve it."""
+        return False
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0,
+             keys: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(student_logits, {term: weighted scalar})`` for one batch; ``step`` seeds randomness;
+        ``keys`` number the distinct inputs (``Batches(return_keys=True)``) for the teacher cache."""
+        self._keys = keys
+        try:
+            return self.terms(x, y, step)
+        finally:
+            self._keys = None
 
     def terms(self, x, y, step):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _from_teacher(self, x, y, compute):
+        """``compute(x, y)``: the teacher's per-example outputs, served from the teacher cache
+        for inputs it has seen (when the batch has keys) and computed for the others."""
+        if self.teacher_cache is None or self._keys is None:
+            return compute(x, y)
+        return self.teacher_cache.get(self._keys, lambda pos: compute(x[pos], y[pos]))
 
     def _generator(self, step: int) -> torch.Generator:
         """Randomness of a step depends only on (seed, step): resumed runs repeat it exactly."""
@@ -125,23 +153,40 @@ class _ActivationTerm:
         return {"activations": self.config.activation_weight * losses.activation_loss(logits, t_logits)}
 
 
+def _teacher_logits(teacher):
+    def compute(x, y):
+        with torch.no_grad():
+            return (teacher(x),)
+    return compute
+
+
 class _LogitMatching(Method):
     """Shared by kd and activations: ce plus a term on teacher and student logits (``distill``)."""
 
+    cacheable = True
+
     def terms(self, x, y, step):
         logits = self.student(x)
-        with torch.no_grad():
-            t_logits = self.teacher(x)
+        t_logits, = self._from_teacher(x, y, _teacher_logits(self.teacher))
         return logits, {**self._ce(logits, y), **self.distill(logits, t_logits)}
 
 
 class _JacobianMatching(Method):
     """Shared by kd+jacobian and activations+jacobian: adds the output-Jacobian term of Section 3."""
 
+    @property
+    def cacheable(self):
+        return self.config.jacobian_output != "random"  # random projections are drawn anew each step
+
     def terms(self, x, y, step):
         c = self.config
+        teacher_outputs = None
+        if self.teacher_cache is not None and self._keys is not None:
+            teacher_outputs = self._from_teacher(
+                x, y, lambda xs, ys: teacher_jacobian(self.teacher, xs, c.jacobian_output, labels=ys)[:2])
         j_s, j_t, logits, t_logits = matched_jacobians(self.student, self.teacher, x, c.jacobian_output, labels=y,
-                                                       generator=self._generator(step), create_graph=True)
+                                                       generator=self._generator(step), create_graph=True,
+                                                       teacher_outputs=teacher_outputs)
         return logits, {**self._ce(logits, y), **self.distill(logits, t_logits),
                         "jacobian": c.jacobian_weight * losses.jacobian_loss(j_s, j_t, c.jacobian_kind)}
 
@@ -188,13 +233,15 @@ class KDJacobianNorm(_KDTerm, Method):
     matches), written as the squared Jacobian loss against a flat (all-zero) teacher Jacobian:
     Jacobian matching without the teacher's Jacobian. ``jacobian_kind`` does not apply (a
     normalised norm is always 1). Each example's own Jacobian, also in train mode
-    (:func:`~jkt_lab.jacobian.jacobian_forward`).
+    (:func:`~jkt_lab.jacobian.jacobian_forward`). The teacher gives only its logits (kd and the
+    top-1 class), a function of the input alone: the teacher cache may serve them.
     """
+
+    cacheable = True
 
     def terms(self, x, y, step):
         c = self.config
-        with torch.no_grad():
-            t_logits = self.teacher(x)
+        t_logits, = self._from_teacher(x, y, _teacher_logits(self.teacher))
         with torch.enable_grad():
             logits, out, xg = jacobian_forward(self.student, x)
             v = projections(out.detach(), c.jacobian_output, labels=y, reference=t_logits,
@@ -260,6 +307,7 @@ class LearningWithoutForgetting(Method):
     """The student is a :class:`~jkt_lab.models.MultiHead` built on a copy of the teacher."""
 
     matches_logits = False
+    cacheable = True
 
     def __init__(self, student, teacher, config):
         super().__init__(student, teacher, config)
@@ -270,7 +318,6 @@ class LearningWithoutForgetting(Method):
     def terms(self, x, y, step):
         c = self.config
         new_logits, old_logits, _ = self.student.forward_heads(x)
-        with torch.no_grad():
-            t_old = self.teacher(x)
+        t_old, = self._from_teacher(x, y, _teacher_logits(self.teacher))
         t = losses.lwf_loss(new_logits, y, old_logits, t_old, temperature=c.temperature, lwf_weight=c.lwf_weight)
         return new_logits, {"ce": c.ce_weight * t["ce"], "lwf": t["lwf"]}

@@ -24,6 +24,7 @@ from . import progress as progress_mod
 from .data import Batches, Data, add_noise
 from .methods import get_method, make_method
 from .saliency import saliency_cosine
+from .teacher_cache import TeacherCache
 
 __all__ = ["Result", "fit", "evaluate", "robustness", "resolve_device", "NonFiniteLossError",
            "CheckpointError", "save_checkpoint", "load_checkpoint"]
@@ -159,7 +160,8 @@ def _jacobian_cosines(student: nn.Module, teacher: nn.Module, x_train: torch.Ten
 def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | None = None,
         config: Config | None = None, device: str | torch.device | None = "auto",
         checkpoint: str | Path | None = None, checkpoint_every: int = 1, progress: bool = True,
-        callback: Callable[[dict], None] | None = None, desc: str | None = None) -> Result:
+        callback: Callable[[dict], None] | None = None, desc: str | None = None,
+        teacher_cache: bool | TeacherCache = True) -> Result:
     """Train ``student`` on ``data`` with ``method`` (a name from :data:`jkt_lab.methods.METHODS`).
 
     SGD with momentum and weight decay, learning-rate ``schedule`` over the run, ``epochs`` or a
@@ -172,7 +174,11 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     ``callback`` receives each row as it is made (live plots). ``progress``: a bar on a terminal
     and one line when the run ends (:mod:`jkt_lab.progress`), named ``desc``. With
     ``checkpoint``, the state is saved every ``checkpoint_every`` rows (and at the end), and an
-    existing checkpoint of the same config is resumed.
+    existing checkpoint of the same config is resumed. ``teacher_cache``: the teacher's outputs
+    on each distinct training input are computed once and reused when the input comes again
+    (:mod:`jkt_lab.teacher_cache`; the same losses, fewer teacher passes); pass ``False`` to
+    compute them every step, or a :class:`~jkt_lab.teacher_cache.TeacherCache` to read its
+    ``stats()`` afterwards. Inputs with training noise (``train_sigma``) never repeat.
     """
     config = config or Config(method=method)
     get_method(method)  # unknown names list the valid ones
@@ -188,11 +194,17 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     student.to(dev)
     if teacher is not None:
         teacher.to(dev)
-    runner = make_method(method, student, teacher, config)
+    if not isinstance(teacher_cache, (bool, TeacherCache)):
+        raise TypeError(f"teacher_cache must be a bool or a TeacherCache, got {type(teacher_cache).__name__}")
+    if teacher_cache is True:
+        teacher_cache = TeacherCache()
+    use_cache = teacher_cache is not False and teacher is not None and not config.train_sigma
+    runner = make_method(method, student, teacher, config, teacher_cache=teacher_cache if use_cache else None)
 
+    augment = config.augment and data.x_train.shape[-1] >= 16
     batches = Batches(data.x_train, data.y_train, min(config.batch_size, data.x_train.shape[0]),
-                      shuffle=True, augment=config.augment and data.x_train.shape[-1] >= 16,
-                      seed=config.seed, drop_last=False)
+                      shuffle=True, augment=augment, views=config.augment_views if augment else None,
+                      seed=config.seed, drop_last=False, return_keys=True)
     total_steps = config.steps or config.epochs * len(batches)
     n_epochs = math.ceil(total_steps / len(batches)) if total_steps else 0
     params = [p for p in student.parameters() if p.requires_grad]
@@ -225,13 +237,13 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
         for epoch in range(start_epoch, n_epochs):
             student.train()
             batches.set_epoch(epoch)
-            for x, y in batches:
+            for x, y, keys in batches:
                 if step >= total_steps:
                     break
                 if config.train_sigma:  # Gaussian input-noise augmentation (a robust teacher); seeded by (seed, step)
                     x = add_noise(x, config.train_sigma, seed=config.seed * 1_000_003 + step + 1)
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=config.amp):
-                    logits, terms = runner.loss(x, y, step)
+                    logits, terms = runner.loss(x, y, step, keys=keys)
                 for name, value in terms.items():
                     if not torch.isfinite(value):
                         raise NonFiniteLossError(

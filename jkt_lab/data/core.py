@@ -375,14 +375,19 @@ def _crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor | Non
 
 
 class Batches:
-    """Mini-batches ``(x, y)`` (or ``(x, y, idx)`` with ``return_index``) served from the tensors'
-    device. Epoch ``k``'s order and augmentation depend only on ``(seed, k)``; iterating advances
-    the epoch counter, ``set_epoch(k)`` resumes. Augmentation: random crop of the zero-padded
-    image (``pad`` pixels) and horizontal flip, drawn on a CPU generator (same on CPU and GPU)."""
+    """Mini-batches ``(x, y)`` served from the tensors' device; with ``return_index``, also each
+    example's index, with ``return_keys`` a key of the exact input (``(x, y, [idx,] keys)``).
+    Epoch ``k``'s order and augmentation depend only on ``(seed, k)``; iterating advances the
+    epoch counter, ``set_epoch(k)`` resumes. Augmentation: random crop of the zero-padded image
+    (``pad`` pixels) and horizontal flip, drawn on a CPU generator (same on CPU and GPU), fresh
+    every epoch, or, with ``views=K``, one of a fixed pool of K augmented views per image (drawn
+    once from ``seed``): inputs then repeat, which a teacher cache can exploit.
+
+    A key is ``index * n_views + view`` (:attr:`n_views`): equal keys mean equal inputs."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
                  augment: bool = False, pad: int = 4, flip: bool = True, drop_last: bool = False,
-                 seed: int = 0, return_index: bool = False):
+                 seed: int = 0, return_index: bool = False, views: int | None = None, return_keys: bool = False):
         check_batch(x, "x", min_dim=1, finite=False)
         if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
             raise TypeError(f"y must be an integer torch.Tensor, got {getattr(y, 'dtype', type(y).__name__)}")
@@ -394,17 +399,33 @@ class Batches:
         self.pad = check_int(pad, "pad", minimum=0)
         self.seed = check_int(seed, "seed", minimum=0)
         for flag, v in (("shuffle", shuffle), ("augment", augment), ("flip", flip),
-                        ("drop_last", drop_last), ("return_index", return_index)):
+                        ("drop_last", drop_last), ("return_index", return_index), ("return_keys", return_keys)):
             if not isinstance(v, bool):
                 raise TypeError(f"{flag} must be a bool, got {type(v).__name__}")
         if augment and x.dim() != 4:
             raise ValueError(f"x must be (N, C, H, W) images for augment=True, got shape {tuple(x.shape)}")
         if drop_last and x.shape[0] < self.batch_size:
             raise ValueError(f"batch_size={self.batch_size} exceeds the {x.shape[0]} examples with drop_last=True")
+        if views is not None:
+            views = check_int(views, "views", minimum=1)
+            if not augment:
+                raise ValueError("views (a pool of augmented views per image) needs augment=True")
         self.x, self.y = x, y
         self.shuffle, self.augment, self.flip = shuffle, augment, flip
-        self.drop_last, self.return_index = drop_last, return_index
+        self.drop_last, self.return_index, self.return_keys = drop_last, return_index, return_keys
+        self.views = views
         self.epoch = 0
+        side = 2 * self.pad + 1
+        if not augment:
+            self.n_views = 1
+        elif views is not None:
+            self.n_views = views
+            gen = _generator(self.seed, 2 ** 31)  # a stream of its own: the per-epoch draws are unchanged
+            n = x.shape[0]
+            self._pool_offsets = torch.randint(0, side, (n, views, 2), generator=gen)
+            self._pool_flips = torch.rand(n, views, generator=gen) < 0.5 if flip else None
+        else:
+            self.n_views = side * side * (2 if flip else 1)
 
     def set_epoch(self, epoch: int) -> None:
         """The next iteration serves epoch ``epoch``."""
@@ -418,13 +439,27 @@ class Batches:
         epoch, self.epoch = self.epoch, self.epoch + 1
         return self._epoch(epoch)
 
+    def _augmentation(self, gen: torch.Generator, order: torch.Tensor):
+        """This epoch's crop offsets (n, 2), flips (n,) or None, and view numbers (n,) of the
+        examples in ``order`` (position by position), on the CPU."""
+        n = order.shape[0]
+        if self.views is not None:
+            pick = torch.randint(0, self.views, (n,), generator=gen)
+            flips = None if self._pool_flips is None else self._pool_flips[order, pick]
+            return self._pool_offsets[order, pick], flips, pick
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen)
+        flips = (torch.rand(n, generator=gen) < 0.5) if self.flip else None
+        view = offsets[:, 0] * (2 * self.pad + 1) + offsets[:, 1]
+        return offsets, flips, view * 2 + flips.long() if flips is not None else view
+
     def _epoch(self, epoch: int):
         n, dev = self.x.shape[0], self.x.device
         gen = _generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         if self.augment:
-            offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen).to(dev)
-            flips = (torch.rand(n, generator=gen) < 0.5).to(dev) if self.flip else None
+            offsets, flips, view = self._augmentation(gen, order)
+            offsets, view = offsets.to(dev), view.to(dev)
+            flips = None if flips is None else flips.to(dev)
         order = order.to(dev)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
@@ -432,7 +467,10 @@ class Batches:
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
                 xb = _crop_flip(xb, offsets[sl], None if flips is None else flips[sl], self.pad)
-            yield (xb, yb, idx) if self.return_index else (xb, yb)
+            out = (xb, yb, idx) if self.return_index else (xb, yb)
+            if self.return_keys:
+                out += (idx * self.n_views + (view[sl] if self.augment else 0),)
+            yield out
 
 
 def add_noise(x: torch.Tensor, sigma: float, *, seed: int | None = None,
