@@ -52,14 +52,18 @@ def batch_mixed_jacobians(student, teacher, x, output="top1", *, labels=None, ge
                           teacher_outputs=None):
     """The training Jacobian before issue 9 (the baseline the per-example path is timed against):
     one forward pass on x and the gradient of the summed batch, which with train-mode BatchNorm
-    mixes every example into every row. Only for timing (no teacher cache: ``teacher_outputs`` is None)."""
-    assert teacher_outputs is None
+    mixes every example into every row (the student's; the teacher is in eval mode, so its rows
+    and ``teacher_outputs`` from the teacher cache are its own either way)."""
     xg = x.detach().requires_grad_(True)
-    t_logits = teacher(xg)
-    v = projections(t_logits.detach(), output, labels=labels, generator=generator)
+    if teacher_outputs is None:
+        t_logits = teacher(xg)
+        v = projections(t_logits.detach(), output, labels=labels, generator=generator)
+        j_t = output_jacobian(t_logits, xg, v)
+    else:
+        j_t, t_logits = teacher_outputs
+        v = projections(t_logits, output, labels=labels)
     s_logits = student(xg)
-    return (output_jacobian(s_logits, xg, v, create_graph=create_graph), output_jacobian(t_logits, xg, v),
-            s_logits, t_logits.detach())
+    return output_jacobian(s_logits, xg, v, create_graph=create_graph), j_t, s_logits, t_logits.detach()
 
 
 def _sync(device):
