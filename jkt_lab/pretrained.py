@@ -158,9 +158,11 @@ def ship_teacher(name: str, teacher: nn.Module, info: dict, data, *, command: st
                   "input_shape": list(data.input_shape),
                   "parameters": sum(p.numel() for p in teacher.parameters())},
         "classes": list(data.classes),
+        "data": data.name,  # what was read: e.g. cifar10-jpeg, the JPEG copy, where torchvision's files were absent
         "test_acc": test_acc, "n_test": int(y.shape[0]),
         "check_acc": check_acc, "check_subset": "x_test[::5] (every fifth test image)",
-        "test_acc_float32": info["metrics"].get("test_acc"),
+        # a shipped teacher shipped again has only its half-precision weights: no float32 figure
+        "test_acc_float32": None if info.get("shipped") else info["metrics"].get("test_acc"),
         "wall_time_s": info["wall_time_s"], "device": info["device"],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
                    f"python {platform.python_version()}, torch {torch.__version__}",

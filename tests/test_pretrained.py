@@ -47,7 +47,7 @@ def test_ship_then_load_checks_hash_and_card(teachers, capsys):
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     model, _ = pretrained_teacher("toy")
     data = load("shapes", n_train=300)  # a teacher is evaluated on all test images (n_test is not its own)
-    assert info["n_test"] == data.x_test.shape[0]
+    assert info["n_test"] == data.x_test.shape[0] and info["data"] == data.name == "shapes"
     assert abs(evaluate(model, data.x_test, data.y_test)["acc"] - info["test_acc"]) < 1e-9
     assert not model.training and not any(p.requires_grad for p in model.parameters())
 
