@@ -349,7 +349,6 @@ def cmd_demo(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
-    from .report import write_report
     parts = args.parts.split(",")
     with _executor(args) as executor:
         scale = args.scale
@@ -360,6 +359,7 @@ def cmd_reproduce(args) -> int:
         print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
         times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
                           progress=not args.no_progress, scale=scale, executor=executor)
+    from .report import write_report  # plotly: only once the runs are done
     paths = write_report(args.store, args.report, title=f"Reproducing Srinivas & Fleuret (2018) on {args.dataset}"
                          + (" (quick, toy size)" if args.quick else ""), timings=times, plotlyjs=args.plotlyjs)
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -380,7 +380,6 @@ def cmd_prepare_course(args) -> int:
 def cmd_robustness(args) -> int:
     import os
     from . import robustness as rb
-    from .report import write_report
     from .results import ResultStore, config_hash
     s = rb.setup(args.dataset)
     parts = s.parts if args.parts is None else tuple(args.parts.split(","))
@@ -401,6 +400,7 @@ def cmd_robustness(args) -> int:
           + f": parts {', '.join(parts)} -> {args.store}", flush=True)
     times = rb.robustness_experiment(store, s, parts=parts, quick=args.quick, device=args.device,
                                      progress=not args.no_progress)
+    from .report import write_report  # plotly: only once the runs are done
     paths = write_report(store.path, args.report, timings=times, plotlyjs=args.plotlyjs,
                          title=f"Robustness to noisy inputs on {args.dataset}" + (" (quick, toy size)" if args.quick else ""))
     print(f"wrote {paths['markdown']} and {paths['html']}")

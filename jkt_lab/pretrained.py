@@ -128,6 +128,14 @@ def shipped_for(teacher_config: Config, root: str | Path | None = None) -> str |
     return None
 
 
+def _machine(device: str) -> str:
+    """Where a teacher was trained, for its card: processor, cores, GPU (when it trained on one)."""
+    gpu = (f", {torch.cuda.get_device_name(torch.device(device))}"
+           if str(device).startswith("cuda") and torch.cuda.is_available() else "")
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores{gpu}, {platform.system()}, "
+            f"python {platform.python_version()}, torch {torch.__version__}")
+
+
 def ship_teacher(name: str, teacher: nn.Module, info: dict, data, *, command: str,
                  root: str | Path | None = None) -> dict:
     """Write ``teacher`` (half precision) and its card as shipped teacher ``name``; returns the card.
@@ -164,8 +172,7 @@ def ship_teacher(name: str, teacher: nn.Module, info: dict, data, *, command: st
         # a shipped teacher shipped again has only its half-precision weights: no float32 figure
         "test_acc_float32": None if info.get("shipped") else info["metrics"].get("test_acc"),
         "wall_time_s": info["wall_time_s"], "device": info["device"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, "
-                   f"python {platform.python_version()}, torch {torch.__version__}",
+        "machine": _machine(info["device"]),
         "sha256": _sha256(path), "bytes": path.stat().st_size, "command": command,
     }
     (folder / f"{name}.json").write_text(json.dumps(info_card, indent=1) + "\n")
