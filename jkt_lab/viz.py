@@ -290,8 +290,8 @@ def maps_figure(image, rows: Mapping[str, Mapping[str, object]], *, title: str =
                                      name=f"{r}: {col}"), i + 1, j + 2)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(title=title, template="plotly_white", height=170 * len(lines) + 90,
-                      width=max(420, 150 * (1 + cols) + 60), margin={"l": 60, "r": 10, "t": 80, "b": 10})
+    fig.update_layout(title=title, template="plotly_white", height=170 * len(lines) + 120,
+                      width=max(420, 150 * (1 + cols) + 60), margin={"l": 60, "r": 10, "t": 110, "b": 10})
     return _square(fig)
 
 
