@@ -347,6 +347,35 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _estimate_reproduce(args, scale: str) -> int:
+    """``jkt-lab reproduce --estimate``: each part's measured cost here, in all and still to do."""
+    import os
+
+    from . import reproduce as rp
+    from .cost import estimate_cost
+    from .results import ResultStore
+    store = ResultStore(args.store)
+    base = rp.base_config(args.dataset, scale)
+    chosen = rp.select(store, base, args.quick, scale)   # the values chosen so far; defaults before
+    configs = {"select": rp.selection_configs(base, args.quick, scale),
+               "distillation": rp.distillation_configs(base, chosen, args.quick, scale),
+               "transfer": rp.transfer_configs(base, chosen, args.quick, scale)}
+    print(f"measuring step costs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}); teachers not "
+          "counted (shipped at cpu scale)", flush=True)
+    total = [0.0, 0.0]
+    for part in args.parts.split(","):
+        est = estimate_cost(configs[part], device=args.device)
+        todo = [(w, c) for conf, w, c in est["per_run"] if not store.done(conf.to_dict())]
+        to_go = [sum(w for w, _ in todo), sum(c for _, c in todo)]
+        total = [total[0] + to_go[0], total[1] + to_go[1]]
+        print(f"{part}: {est['runs']} runs, {est['cpu_s'] / 60:.0f} min of CPU time in all "
+              f"({est['wall_s'] / 60:.0f} min of wall time here at the current load); {len(todo)} to go: "
+              f"{to_go[1] / 60:.0f} min of CPU time", flush=True)
+    print(f"to go: {total[1] / 60:.0f} min of CPU time (at most that long on a quiet machine with these cores), "
+          f"{total[0] / 60:.0f} min of wall time here at the current load")
+    return 0
+
+
 def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
     parts = args.parts.split(",")
@@ -356,6 +385,8 @@ def cmd_reproduce(args) -> int:
             from .train import resolve_device
             gpu = executor.gpu_per_run if executor is not None else resolve_device(args.device).type == "cuda"
             scale = "gpu" if gpu else "cpu"
+        if args.estimate:
+            return _estimate_reproduce(args, scale)
         print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
         times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
                           progress=not args.no_progress, scale=scale, executor=executor)
@@ -392,7 +423,8 @@ def cmd_robustness(args) -> int:
             configs += rb.equivalence_configs(s, quick=args.quick)
         configs = list({config_hash(c.to_dict()): c for c in configs}.values())  # selection runs are grid runs too
         print(f"measuring step costs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})", flush=True)
-        est = rb.estimate_cost(configs, store=store, device=args.device)
+        from .cost import estimate_cost
+        est = estimate_cost(configs, store=store, device=args.device, val_noise_sigmas=(rb.SELECT_SIGMA,))
         print(f"{est['runs']} runs to go: {est['wall_s'] / 60:.0f} min of wall time here at the current load; "
               f"{est['cpu_s'] / 60:.0f} min of CPU time (at most that long on a quiet machine with these cores)")
         return 0
@@ -457,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="results/reproduce.jsonl", help="JSON-lines results file")
     p.add_argument("--report", default="results", help="folder for REPORT.md and report.html")
     p.add_argument("--plotlyjs", default="cdn", choices=["cdn", "inline"], help="how report.html gets plotly.js")
+    p.add_argument("--estimate", action="store_true", help="measure step costs here and print what each part costs "
+                   "(all its runs, and those not yet in --store), then stop")
     _executor_options(p)
     p.set_defaults(func=cmd_reproduce)
 

@@ -652,6 +652,37 @@ _LIST = _CODE_LIST + [
         "number", 25.5,
         "Scale by 255.",
         "0.1 * 255 = 25.5 grey levels: strong noise, clearly visible."),
+    _ex("04.norm_unmoved",
+        "Predict before you look: each student below is trained with kd plus one more term. Compared with the kd "
+        "student of the same teacher, whose input-Jacobian norm (top-1 output, test images) will change the least?",
+        "choice", "a",
+        "Which loss keeps the same value when the student's Jacobian is multiplied by any c > 0?",
+        "(a): the normalised loss 2 - 2 cos sees only the Jacobian's direction, so nothing in it pulls the norm "
+        "(on CIFAR-10 in results/robustness-cifar10: x0.91 of kd's norm, against x0.47 for the squared loss and "
+        "x0.38 for the norm penalty). Robustness to isotropic noise depends on the norm (04.first_order).",
+        options=("(a) kd+jacobian (normalised)", "(b) kd+jacobian (squared)", "(c) kd+jacobian_norm")),
+    _ex("04.scale_invariance",
+        "The teacher's top-1 Jacobian is J_T = (6, 8). Student A has J_A = (3, 4), student B has J_B = (30, 40): "
+        "both have normalised Jacobian loss 0. Under input noise of std sigma, by what factor is the variance of "
+        "B's first-order output change larger than A's?",
+        "number", 100,
+        "The variance is sigma^2 ||J||^2 (04.first_order). What is ||J_B|| / ||J_A||?",
+        "||J_B||^2 / ||J_A||^2 = 2500 / 25 = 100. The normalised loss cannot tell A from B; the squared loss can "
+        "(||J_A - J_T||^2 = 25, ||J_B - J_T||^2 = 1600), and so can a penalty on ||J_S||^2."),
+    _ex("04.mechanism",
+        "In the mechanism figure each point is a student (accuracy at sigma 0.1 against its input-Jacobian norm, "
+        "log scale); the rank correlation over the students of one panel is about -0.5. Which reading do the "
+        "numbers support?",
+        "choice", "b",
+        "A correlation of -1 would put every student on one falling curve. Which students sit off it, and what else "
+        "differs between them?",
+        "(b): students with smaller Jacobian norms tend to be more accurate under noise, but not in order: the "
+        "norm penalty has the smallest norms and not always the best accuracy, and the students of the "
+        "noise-trained teacher do better at the same norm. The direction of the Jacobian (the cosine to a robust "
+        "teacher) and the clean accuracy matter too; a correlation alone does not show that the norm causes it.",
+        options=("(a) the Jacobian norm decides robustness: the smaller, the more robust, always",
+                 "(b) smaller norms go with better robust accuracy, but the norm is not the whole story",
+                 "(c) the norm and robust accuracy are unrelated")),
     # ---------------------------------------------------------------- 05 transfer
     _ex("05.lwf_data",
         "Learning without Forgetting distils the old head's outputs on which data?",

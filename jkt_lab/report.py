@@ -388,6 +388,20 @@ def _load(records_or_path) -> list[dict]:
     return records
 
 
+def recorded_time(records: Iterable[Mapping]) -> str:
+    """One sentence: the training wall time the runs themselves recorded, summed by part and device
+    (a results file filled across sittings, or on more than one machine, says so here)."""
+    sums: dict[str, dict[str, float]] = {}
+    for r in records:
+        part = lookup(r, "config.extra.part") or lookup(r, "config.extra.experiment") or "runs"
+        by_device = sums.setdefault(part, {})
+        device = str(r.get("device") or "?").split(":")[0]  # cuda:0 and cuda are one device
+        by_device[device] = by_device.get(device, 0.0) + (r.get("wall_time_s") or 0.0)
+    return ("Training wall time recorded in the runs (the sum of each run's own time, by part and device): "
+            + "; ".join(f"{part} " + ", ".join(f"{t / 60:.1f} min on {d}" for d, t in by_device.items())
+                        for part, by_device in sums.items()) + ".")
+
+
 def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab results",
                  timings: Mapping[str, float] | None = None, plotlyjs: str = "inline") -> dict[str, Path]:
     """Write ``REPORT.md`` and ``report.html`` into ``out_dir``; returns their paths.
@@ -411,7 +425,9 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
     if teacher_acc:
         doc.text(f"Teacher test accuracy: {', '.join(f'{a:.2f}%' for a in teacher_acc)}.")
     if timings:
-        doc.text("Wall time by part: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".")
+        doc.text("Wall time of this invocation by part (runs already in the results file are not run again): "
+                 + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".")
+    doc.text(recorded_time(robust + records))
     titles = {"runs": "Runs", "select": "Selection (validation)", "distillation": "Distillation",
               "transfer": "Transfer"}
     for part, recs in parts.items():

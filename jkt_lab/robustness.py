@@ -34,7 +34,6 @@ Every run goes to one results store (resumable). The report section is
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import statistics
@@ -47,20 +46,18 @@ import torch
 
 from .config import Config
 from .data import add_noise
-from .experiments import (NOISE_SIGMAS, PROBE, build_student, get_teacher, load_data, measure, quick_config, run,
-                          trained_student)
+from .experiments import NOISE_SIGMAS, PROBE, get_teacher, load_data, measure, quick_config, run, trained_student
 from .jacobian import input_jacobian
-from .models import build_model
 from .pretrained import shipped_for
 from .reproduce import SCALES
 from .results import ResultStore, config_hash, lookup
-from .train import evaluate, fit, resolve_device
+from .train import resolve_device
 
 __all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS", "Setup", "SETUPS", "setup",
            "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
            "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
-           "equivalence_configs", "equivalence_in_training", "equivalence_table", "estimate_cost", "logit_energy",
-           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records"]
+           "equivalence_configs", "equivalence_in_training", "equivalence_table", "logit_energy",
+           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records", "compare_prediction"]
 
 EXPERIMENT = "robustness"
 SEEDS = (0, 1, 2)
@@ -525,6 +522,55 @@ def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bo
     return out
 
 
+def compare_prediction(prediction: str | None, records: Sequence[Mapping], s: str | Setup | None = None, *,
+                       teacher: str = "standard", per_class: int | None = None, quick: bool | None = None,
+                       sigma: float = SELECT_SIGMA) -> str:
+    """Notebook 04's predict-then-run: the student the learner predicted to be most robust at
+    ``sigma`` (one of :data:`VARIANTS`), against the measured ranking of the grid's students with
+    ``teacher`` at ``per_class`` (default: the setup's few-shot setting), with each mean ± std over
+    seeds; says whether the prediction is the best, or within one spread of it."""
+    if prediction is not None and prediction not in VARIANTS:
+        raise ValueError(f"prediction must be one of {', '.join(map(repr, VARIANTS))} (or None), got {prediction!r}")
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}, got {teacher!r}")
+    key = f"{sigma:g}"
+    if per_class is None:
+        per_class = setup(s).per_class[0] if s is not None else min(
+            lookup(r, "config.per_class") for r in _of(records, "grid"))
+    here = {v: [(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs]
+            for (t, v, pc), recs in _groups(grid_records(records, s, quick)).items() if t == teacher and pc == per_class}
+    here = {v: _mean_std(a) for v, a in here.items() if _mean_std(a)[0] is not None}
+    if not here:
+        raise ValueError(f"no grid results with the {teacher} teacher at per_class {per_class} in these records")
+    ranking = sorted(here, key=lambda v: -here[v][0])
+    line = "; ".join(f"{v} {_pct_of(*here[v])}" for v in ranking)
+    measured = f"Measured at sigma {key}, {teacher} teacher, per_class {per_class} (best first): {line}."
+    if prediction is None:
+        return "No prediction recorded (set prediction above, then run this cell). " + measured
+    best, (b_mean, b_std) = ranking[0], here[ranking[0]]
+    mean, std = here[prediction]
+    if prediction == best:
+        verdict = f"You predicted {prediction}: it is the most robust"
+        if len(ranking) > 1:
+            second, (s_mean, s_std) = ranking[1], here[ranking[1]]
+            close = b_mean - s_mean <= max(b_std or 0.0, s_std or 0.0)
+            verdict += (f", though within one standard deviation over seeds of {second}." if close else
+                        f", {100 * (b_mean - s_mean):.1f} points ahead of {second}.")
+        else:
+            verdict += "."
+    elif b_mean - mean <= max(b_std or 0.0, std or 0.0):
+        verdict = (f"You predicted {prediction}: rank {ranking.index(prediction) + 1} of {len(ranking)}, within one "
+                   f"standard deviation over seeds of the best ({best}): the seeds cannot separate them.")
+    else:
+        verdict = (f"You predicted {prediction}: rank {ranking.index(prediction) + 1} of {len(ranking)}, "
+                   f"{100 * (b_mean - mean):.1f} points behind {best}.")
+    return verdict + " " + measured
+
+
+def _pct_of(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
 def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool | None = None) -> list[dict]:
     """Every selection run: teacher, variant, value tried, validation accuracy (clean and at
     :data:`SELECT_SIGMA`, %), and whether it was chosen."""
@@ -733,94 +779,3 @@ def equivalence_table(records: Sequence[Mapping]) -> list[dict]:
         row["agree within the floor"] = ", ".join(agree) if agree else "none"
         rows.append(row)
     return rows
-
-
-# --------------------------------------------------------------------------- cost
-
-
-def _time(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads) of ``fn()``."""
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w0, time.process_time() - c0
-
-
-def _history_rows(config: Config, n_train: int) -> int:
-    """How many history rows ``fit`` makes for ``config`` on ``n_train`` images: one every
-    ``eval_every`` epochs (default: about 20 a run) and one at the end."""
-    per_epoch = math.ceil(n_train / min(config.batch_size, n_train))
-    n_epochs = math.ceil(config.steps / per_epoch) if config.steps else config.epochs
-    every = config.eval_every or max(1, n_epochs // 20)
-    return sum(1 for e in range(1, n_epochs + 1) if e % every == 0 or e == n_epochs)
-
-
-def estimate_cost(configs: Sequence[Config], *, store: ResultStore | None = None, device="cpu",
-                  steps: tuple[int, int] = (3, 13), log=print) -> dict:
-    """Measured cost of running ``configs`` here (seconds), for planning a grid.
-
-    Three measured parts, each with untrained models on the run's real data (the cost does not
-    depend on the weights): a training step, for each distinct step (method, Jacobian output,
-    noise samples, models, batch size): ``fit`` runs ``steps[0]`` and ``steps[1]`` steps and the
-    difference over the extra steps is the step's cost, free of fixed costs; a history row
-    (validation accuracy and the Jacobian-cosine probes, made about 20 times a run unless
-    ``eval_every`` says otherwise): ``fit`` on a one-batch training set with and without a row
-    every epoch; and a run's fixed part (:func:`measure` on the test and validation images, the
-    final evaluations), once per model pair. Runs already in ``store`` cost nothing.
-
-    Two clocks: wall time (what the grid takes here at the current load) and the process's CPU
-    time over all its threads. On a machine shared with other jobs the wall time grows with the
-    load; the CPU time hardly does, and on an otherwise idle machine the wall time is at most the
-    CPU time (threads only add parallelism), so ``cpu_s`` is an upper bound of the grid's wall
-    time on a quiet machine with the same cores. Returns ``{"wall_s", "cpu_s", "runs", "by_step":
-    {label: (wall, cpu) s a step}, "row": {models: (wall, cpu) s a row}, "overhead": {models:
-    (wall, cpu) s a run}}``.
-    """
-    dev = resolve_device(device)
-    todo = [c for c in configs if store is None or not store.done(c.to_dict())]
-    step_cost: dict[tuple, tuple[float, float]] = {}
-    row_cost: dict[tuple, tuple[float, float]] = {}
-    overhead: dict[tuple, tuple[float, float]] = {}
-    n_train: dict[tuple, int] = {}
-    wall = cpu = 0.0
-    for c in todo:
-        models = (c.dataset, c.n_train, c.n_test, c.student, c.student_width, c.teacher, c.teacher_width)
-        kind = (*models, c.method, c.jacobian_output, c.n_samples, c.batch_size)
-        if kind not in step_cost or models not in overhead or (c.dataset, c.n_train, c.per_class) not in n_train:
-            data = load_data(c, per_class=c.per_class)
-            n_train[(c.dataset, c.n_train, c.per_class)] = len(data.y_train)
-            teacher = build_model(c.teacher, data.num_classes, in_channels=data.input_shape[0], mean=data.mean,
-                                  std=data.std, width=c.teacher_width, seed=0).eval()
-            student = build_student(c, data, teacher)
-
-        def train(n, every, d=None, c=c, student=student, teacher=teacher, data=data):
-            return _time(lambda: fit(student, c.method, d or data, teacher=teacher, device=dev, progress=False,
-                                     config=c.replace(steps=n, eval_every=every)))
-        if kind not in step_cost:
-            short, long_ = train(steps[0], 10 ** 6), train(steps[1], 10 ** 6)
-            step_cost[kind] = tuple(max(b - a, 0.0) / (steps[1] - steps[0]) for a, b in zip(short, long_))
-            log(f"  {c.method} ({c.jacobian_output}, n_samples {c.n_samples}), {c.student}-{c.student_width} student, "
-                f"{c.teacher}-{c.teacher_width} teacher, batch {c.batch_size}: {1000 * step_cost[kind][0]:.0f} ms "
-                f"wall, {1000 * step_cost[kind][1]:.0f} ms CPU a step")
-        if models not in overhead:
-            one_batch = dataclasses.replace(data, x_train=data.x_train[:c.batch_size], y_train=data.y_train[:c.batch_size],
-                                            mask_train=None)
-            plain, rows = train(steps[0], 10 ** 6, one_batch), train(steps[0], 1, one_batch)
-            row_cost[models] = tuple(max(b - a, 0.0) / steps[0] for a, b in zip(plain, rows))
-
-            def once(c=c, student=student, teacher=teacher):  # what a run does besides its steps and rows
-                full = load_data(c, per_class=c.per_class).to(dev)
-                measure(student.to(dev), full, teacher.to(dev), val_noise_sigmas=(SELECT_SIGMA,))
-                for x, y in ((full.x_test, full.y_test), (full.x_val, full.y_val), (full.x_train, full.y_train)):
-                    evaluate(student, x, y)
-            overhead[models] = _time(once)
-            log(f"  a history row {1000 * row_cost[models][1]:.0f} ms CPU, a run's fixed part "
-                f"{overhead[models][1]:.1f} s CPU ({c.student}-{c.student_width} / {c.teacher}-{c.teacher_width})")
-        n_steps = c.steps or c.epochs * math.ceil(n_train[(c.dataset, c.n_train, c.per_class)] / c.batch_size)
-        n_rows = _history_rows(c, n_train[(c.dataset, c.n_train, c.per_class)])
-        for i in (0, 1):
-            cost = step_cost[kind][i] * n_steps + row_cost[models][i] * n_rows + overhead[models][i]
-            wall, cpu = (wall + cost, cpu) if i == 0 else (wall, cpu + cost)
-    label = lambda k: f"{k[3]}-{k[4]} student, {k[5]}-{k[6]} teacher on {k[0]}"  # noqa: E731
-    return {"wall_s": wall, "cpu_s": cpu, "runs": len(todo),
-            "by_step": {f"{k[7]} ({k[8]}, n_samples {k[9]}, batch {k[10]}), {label(k)}": v for k, v in step_cost.items()},
-            "row": {label(k): v for k, v in row_cost.items()}, "overhead": {label(k): v for k, v in overhead.items()}}

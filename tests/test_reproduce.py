@@ -63,11 +63,17 @@ def test_reproduce_quick_runs_the_same_grid_at_toy_size(tmp_path, capsys):
     assert {r["config"]["seed"] for r in records if r["config"]["extra"]["part"] != "select"} == set(rp.SEEDS)
     report = (tmp_path / "rep" / "REPORT.md").read_text()
     assert "## Claims of the paper" in report and "## Hyper-parameters chosen on the validation split" in report
-    assert "Wall time by part" in report
+    assert "Wall time of this invocation by part" in report and "Training wall time recorded in the runs" in report
     n = len(records)
     assert cli.main(args) == 0  # resumable: a second call runs nothing new
     assert len(ResultStore(store)) == n
     assert "already done" in capsys.readouterr().out
+    # --estimate measures the part's cost here and counts what is left (nothing: all done)
+    assert cli.main(args[:-1] + ["--parts", "select", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    n_select = sum(r["config"]["extra"]["part"] == "select" for r in records)
+    assert f"select: {n_select} runs" in out and "0 to go: 0 min" in out and "to go: 0 min of CPU time" in out
+    assert len(ResultStore(store)) == n                    # nothing was run
 
 
 def test_report_refuses_empty(tmp_path):

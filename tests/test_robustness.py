@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from jkt_lab import cli, nbtools, widgets
+from jkt_lab import cli, cost, nbtools, widgets
 from jkt_lab import robustness as rb
 from jkt_lab.config import Config
 from jkt_lab.experiments import PROBE, get_teacher, load_data, run, trained_student
@@ -320,15 +320,18 @@ def test_panel_shows_the_committed_results_and_says_when_there_are_none(tmp_path
 
 def test_estimate_cost_measures_steps_and_skips_done_runs(tmp_path):
     configs = [Config(**TINY, method=m) for m in ("kd", "kd+jacobian_norm")]
-    est = rb.estimate_cost(configs, device="cpu", steps=(1, 2), log=lambda *a: None)
+    est = cost.estimate_cost(configs, device="cpu", steps=(1, 2), log=lambda *a: None)
     assert est["runs"] == 2 and est["wall_s"] > 0 and est["cpu_s"] > 0 and len(est["by_step"]) == 2
     assert len(est["row"]) == len(est["overhead"]) == 1   # one model pair
     store = ResultStore(tmp_path / "r.jsonl")
     store.append({"config": configs[0].to_dict(), "metrics": {}})
-    assert rb.estimate_cost(configs[:1], store=store, device="cpu", log=lambda *a: None)["runs"] == 0
+    assert cost.estimate_cost(configs[:1], store=store, device="cpu", log=lambda *a: None)["runs"] == 0
+    # one entry per run, summing to the totals
+    assert [c for c, _, _ in est["per_run"]] == configs
+    assert sum(w for _, w, _ in est["per_run"]) == pytest.approx(est["wall_s"])
     # history rows as fit makes them: about 20 a run, or every eval_every epochs and the last
-    assert rb._history_rows(Config(steps=300, batch_size=64), 1000) == 19
-    assert rb._history_rows(Config(steps=300, batch_size=64, eval_every=50), 100) == 3
+    assert cost._history_rows(Config(steps=300, batch_size=64), 1000) == 19
+    assert cost._history_rows(Config(steps=300, batch_size=64, eval_every=50), 100) == 3
 
 
 @pytest.mark.slow  # about 40 toy runs: 400 s on a loaded 2-core machine
