@@ -81,11 +81,14 @@ SCALES = {
                              jacobian_weight=1.0, sigma=0.05, attention_weight=100.0),
                  per_class=(1, 5, 10, 50, 100, 500, None), transfer_per_class=(5, 10, 25, 50, 100, None),
                  variants=tuple(DISTILLATION)),
-    # the shipped teachers' configs: vgg9 width 32 (ten classes) and width 24 (classes 0-4), 30 epochs
+    # the shipped teachers' configs: vgg9 width 32 (ten classes) and width 24 (classes 0-4), 30 epochs.
+    # Sized by `jkt-lab reproduce --scale cpu --estimate` on 2 idle cores: a history row (validation
+    # accuracy and Jacobian probes) costs more than 20 steps, so rows come every 100 epochs (1 to 3
+    # a run, the last always), and the transfer grid has two sizes (its at+jacobian steps cost 10x kd's).
     "cpu": Scale("cpu", dict(teacher="vgg9", teacher_width=32, teacher_epochs=30, student="vgg4", student_width=16,
                              batch_size=64, lr=0.05, weight_decay=5e-4, steps=300, n_test=2000, temperature=4.0,
-                             jacobian_weight=1.0, sigma=0.05, attention_weight=100.0),
-                 per_class=(1, 5, 10, 50, 100, 500), transfer_per_class=(5, 10, 50),
+                             jacobian_weight=1.0, sigma=0.05, attention_weight=100.0, eval_every=100),
+                 per_class=(1, 5, 10, 50, 100, 500), transfer_per_class=(5, 50),
                  variants=("ce", "kd", "kd+jacobian", "kd+jacobian (squared)", "noise"),
                  transfer_teacher=dict(teacher_width=24)),
 }

@@ -103,6 +103,7 @@ def test_cpu_scale_grid():
     assert {c.extra["variant"] for c in rp.selection_configs(base, scale="cpu")} == \
         {"kd", "kd+jacobian", "kd+jacobian (squared)", "noise", "at+jacobian"}
     transfer = rp.transfer_configs(base, {}, scale="cpu")
-    assert {c.teacher_width for c in transfer} == {24} and {c.per_class for c in transfer} == {5, 10, 50}
+    assert {c.teacher_width for c in transfer} == {24} and {c.per_class for c in transfer} == {5, 50}
+    assert {c.eval_every for c in configs + transfer} == {100}   # few history rows: they cost more than steps
     with pytest.raises(ValueError, match="scale must be one of gpu, cpu"):
         rp.base_config("cifar10", "tpu")
