@@ -18,7 +18,7 @@ EPILOG = """examples:
   jkt-lab distill --method kd+jacobian --per-class 5 --store results.jsonl
   jkt-lab sweep results/specs/quick.yaml --store results.jsonl
   jkt-lab report results.jsonl --out report/
-  jkt-lab reproduce --dataset cifar10   # the paper's experiments on a GPU (--quick: toy size on CPU)
+  jkt-lab reproduce --dataset cifar10   # the paper's experiments (--scale cpu: about 2 h on 2 cores)
   jkt-lab robustness --dataset shapes   # robustness to noisy inputs: students, teachers, the mechanism
 environment: JKT_LAB_DATA (datasets), JKT_LAB_CACHE (decoded caches), JKT_LAB_RUNS (teachers,
 checkpoints), JKT_LAB_QUICK=1 (tiny sizes, same code path)."""
@@ -337,8 +337,9 @@ def cmd_demo(args) -> int:
     next_steps = [f"Open the report in a browser (it works offline): {report}",
                   "Open notebook 01, the noise/Jacobian equivalence behind the method, measured: "
                   "`jupyter lab notebooks/01_noise_jacobian_equivalence.ipynb`",
-                  "Run the paper's experiments on CIFAR-10 (GPU; `--quick` is a toy run on the CPU): "
-                  "`jkt-lab reproduce --dataset cifar10`"]
+                  "Run the paper's three experiments on real CIFAR-10 images with the shipped teachers "
+                  "(about 2 hours on 2 CPU cores, resumable; `--estimate` first says how long here): "
+                  "`jkt-lab reproduce --dataset cifar10 --scale cpu`"]
     paths = write_demo_report(records, out, command="jkt-lab " + shlex.join(args.argv), teacher_info=info,
                               chance=chance, elapsed_s=elapsed, device="cpu", next_steps=next_steps)
     print(f"\n{len(records)} students trained in {elapsed:.0f} s; report written in "
