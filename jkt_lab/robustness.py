@@ -57,7 +57,7 @@ __all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS
            "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
            "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
            "equivalence_configs", "equivalence_in_training", "equivalence_table", "logit_energy",
-           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records", "compare_prediction"]
+           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records", "compare_prediction", "mean_accuracy", "versus_kd"]
 
 EXPERIMENT = "robustness"
 SEEDS = (0, 1, 2)
@@ -467,6 +467,40 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return cov / var if var else None
 
 
+def mean_accuracy(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool | None = None,
+                  sigma: float = SELECT_SIGMA) -> dict[tuple, float]:
+    """(teacher, student, per_class) -> test accuracy at ``sigma`` (a fraction, mean over seeds);
+    teachers' rows have student "teacher" and per_class None."""
+    key = f"{sigma:g}"
+    out = {}
+    for group, recs in _groups(grid_records(records, s, quick)).items():
+        mean, _ = _mean_std([(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs])
+        if mean is not None:
+            out[group] = mean
+    return out
+
+
+def versus_kd(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool | None = None,
+              sigma: float = SELECT_SIGMA) -> dict[str, dict]:
+    """Each student against the kd student of the same teacher and per_class: ``{variant:
+    {"settings": n, "norm_ratio": mean of its Jacobian norm / kd's, "gain": mean of its accuracy at
+    sigma minus kd's (a fraction)}}``, over the (teacher, per_class) settings where both ran."""
+    groups = _groups(grid_records(records, s, quick))
+    acc = mean_accuracy(records, s, quick, sigma)
+    norm = {g: _mean_std([lookup(r, "metrics.jacobian_norm") for r in recs])[0] for g, recs in groups.items()}
+    out = {}
+    for variant in VARIANTS:
+        if variant == "kd":
+            continue
+        pairs = [((t, v, pc), (t, "kd", pc)) for (t, v, pc) in groups if v == variant]
+        pairs = [(g, k) for g, k in pairs if norm.get(g) and norm.get(k) and g in acc and k in acc]
+        if pairs:
+            out[variant] = {"settings": len(pairs),
+                            "norm_ratio": statistics.fmean(norm[g] / norm[k] for g, k in pairs),
+                            "gain": statistics.fmean(acc[g] - acc[k] for g, k in pairs)}
+    return out
+
+
 def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bool | None = None,
              sigma: float = SELECT_SIGMA) -> list[str]:
     """What the grid's records show, in sentences with their numbers (recomputed from whatever
@@ -494,22 +528,10 @@ def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bo
         versus = f" (kd: {100 * acc(here['kd']):.1f}%)" if "kd" in here and best != "kd" else ""
         out.append(f"Most robust at sigma {key} with the {teacher} teacher, per_class {pc}: {best}, "
                    f"{100 * acc(here[best]):.1f}%{versus}.")
-    for variant in VARIANTS:
-        if variant == "kd":
-            continue
-        ratios, gains = [], []
-        for (t, v, pc), recs in groups.items():
-            kd = groups.get((t, "kd", pc))
-            if v == variant and kd and norm(recs) and norm(kd) and acc(recs) is not None and acc(kd) is not None:
-                ratios.append(norm(recs) / norm(kd))
-                gains.append(acc(recs) - acc(kd))
-        if ratios:
-            n = len(ratios)
-            out.append(f"{variant} against kd (same teacher and per_class, {n} setting{'s' if n > 1 else ''}): "
-                       "Jacobian norm x "
-                       f"{statistics.fmean(ratios):.2f}, accuracy at sigma {key} "
-                       f"{100 * statistics.fmean(gains):+.1f} "
-                       "points.")
+    for variant, v in versus_kd(records, s, quick, sigma).items():
+        n = v["settings"]
+        out.append(f"{variant} against kd (same teacher and per_class, {n} setting{'s' if n > 1 else ''}): "
+                   f"Jacobian norm x {v['norm_ratio']:.2f}, accuracy at sigma {key} {100 * v['gain']:+.1f} points.")
     students = [r for rs in (recs for (_, v, _), recs in groups.items() if v != "teacher") for r in rs]
     for pc in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
         pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(key))

@@ -365,3 +365,22 @@ def test_cli_robustness_quick_runs_every_part_and_resumes(tmp_path, capsys, monk
     panel.run_button.click()
     assert panel.error is None and len(panel.records) == n
     assert panel.figure.to_dict()["layout"]["xaxis"]["type"] == "log"
+
+
+def test_prediction_and_the_comparison_with_kd_on_the_committed_cifar10_grid():
+    """Notebook 04's predict-then-run and the numbers its prose quotes, on the committed records."""
+    records = nbtools.committed_robustness("cifar10")
+    vs = rb.versus_kd(records, "cifar10")
+    assert set(vs) == set(rb.VARIANTS) - {"kd"} and all(v["settings"] == 4 for v in vs.values())
+    lines = rb.findings(records, "cifar10")                 # the report's sentences carry the same numbers
+    assert any(f"Jacobian norm x {vs['kd+jacobian (squared)']['norm_ratio']:.2f}" in line for line in lines)
+    acc = rb.mean_accuracy(records, "cifar10")
+    few = sorted((v for (t, v, pc) in acc if t == "standard" and pc == 10), key=lambda v: -acc[("standard", v, 10)])
+    assert len(few) == len(rb.VARIANTS)
+    assert rb.compare_prediction(few[0], records, "cifar10").startswith(f"You predicted {few[0]}: it is the most robust")
+    assert f"rank {len(few)} of {len(few)}" in rb.compare_prediction(few[-1], records, "cifar10")
+    assert rb.compare_prediction(None, records, "cifar10").startswith("No prediction recorded")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        rb.compare_prediction("ce", records, "cifar10")
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        rb.compare_prediction("kd", records, "cifar10", teacher="robust")
