@@ -469,7 +469,7 @@ DOCS_SCREENSHOTS = {
     "01_": [("01_equivalence.png", None), ("01_fill_in.png", "text=Exercise 01.normalized_loss")],
     "02_": [("02_saliency.png", None), ("02_data.png", "text=A first look at the data")],
     "03_": [("03_distillation.png", None), ("03_fill_in.png", "text=Exercise 03.jacobian_step")],
-    "04_": [("04_robustness.png", "text=records = course.run_all(course.distillation_configs()")],
+    "04_": [("04_robustness.png", "text=panel = widgets.robustness_experiment_panel(")],
     "05_": [("05_transfer.png", "text=records = course.run_all(course.transfer_configs()")],
 }
 

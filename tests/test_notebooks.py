@@ -5,6 +5,7 @@ Also ``jkt_lab.nbtools``, the helpers the notebooks share.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_notebook_structure(path):
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "$" in markdown                                      # LaTeX reasoning
     assert "## Going further" in markdown                       # open-ended exercises at the end
+    assert "**Time.** Full mode: about" in markdown             # the expected time, stated at the top ...
+    assert not re.search(r"\bN (minutes|seconds)\b", markdown)  # ... as a measured number, not a placeholder
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
