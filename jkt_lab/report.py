@@ -393,10 +393,12 @@ def recorded_time(records: Iterable[Mapping]) -> str:
     (a results file filled across sittings, or on more than one machine, says so here)."""
     sums: dict[str, dict[str, float]] = {}
     for r in records:
+        if r.get("wall_time_s") is None:   # a summary record (e.g. equivalence pairs), not a run
+            continue
         part = lookup(r, "config.extra.part") or lookup(r, "config.extra.experiment") or "runs"
         by_device = sums.setdefault(part, {})
         device = str(r.get("device") or "?").split(":")[0]  # cuda:0 and cuda are one device
-        by_device[device] = by_device.get(device, 0.0) + (r.get("wall_time_s") or 0.0)
+        by_device[device] = by_device.get(device, 0.0) + r["wall_time_s"]
     return ("Training wall time recorded in the runs (the sum of each run's own time, by part and device): "
             + "; ".join(f"{part} " + ", ".join(f"{t / 60:.1f} min on {d}" for d, t in by_device.items())
                         for part, by_device in sums.items()) + ".")
@@ -424,7 +426,7 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
     teacher_acc = sorted({round(100 * v, 2) for r in records if (v := lookup(r, "metrics.teacher_test_acc"))})
     if teacher_acc:
         doc.text(f"Teacher test accuracy: {', '.join(f'{a:.2f}%' for a in teacher_acc)}.")
-    if timings:
+    if timings and sum(timings.values()) >= 1.0:   # a resumed call that ran nothing says nothing here
         doc.text("Wall time of this invocation by part (runs already in the results file are not run again): "
                  + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".")
     doc.text(recorded_time(robust + records))
