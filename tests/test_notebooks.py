@@ -107,6 +107,8 @@ ANSWERS_SHOWN_BY = {
     "02.weak_test": "saliency.overlap_baselines(",
     "03.terms": "underbrace{\\mathrm{CE}",
     "04.first_order": "variance $\\sigma^2",
+    "04.norm_unmoved": "rb.mechanism_table(records",
+    "04.scale_invariance": "rb.scale_invariance_table(",
     "05.lwf_data": "on the *new* images",
     "05.jacobian_rows": "viz.attention_figure(",
 }
