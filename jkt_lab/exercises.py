@@ -671,7 +671,7 @@ _LIST = _CODE_LIST + [
         "(||J_A - J_T||^2 = 25, ||J_B - J_T||^2 = 1600), and so can a penalty on ||J_S||^2."),
     _ex("04.mechanism",
         "In the mechanism figure each point is a student (accuracy at sigma 0.1 against its input-Jacobian norm, "
-        "log scale); the rank correlation over the students of one panel is about -0.5. Which reading do the "
+        "log scale); on CIFAR-10 the rank correlation over the students of one panel is about -0.5. Which reading do the "
         "numbers support?",
         "choice", "b",
         "A correlation of -1 would put every student on one falling curve. Which students sit off it, and what else "
