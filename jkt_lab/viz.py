@@ -458,6 +458,9 @@ ROBUSTNESS_COLORS = {
 TEACHER_SYMBOLS = {"standard": "circle", "noise-trained": "diamond"}
 
 
+LOG_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
 def mechanism_figure(records: Iterable[Mapping], *, sigma: float = 0.1,
                      title: str = "Robust accuracy against the input-Jacobian norm") -> go.Figure:
     """Accuracy under noise at ``sigma`` against the mean norm of the top-1 input Jacobian (log x),
@@ -490,7 +493,8 @@ def mechanism_figure(records: Iterable[Mapping], *, sigma: float = 0.1,
                 hovertext=[f"{name}, seed {lookup(r, 'config.seed')}; clean "
                            f"{100 * (lookup(r, 'metrics.test_acc') or 0):.1f}%" for r in rs]), 1, col)
             seen.add(name)
-        fig.update_xaxes(type="log", title="mean ||d top-1 logit / dx|| (test images, log)", row=1, col=col)
+        fig.update_xaxes(type="log", title="mean ||d top-1 logit / dx|| (test images, log)", row=1, col=col,
+                         tickvals=LOG_TICKS, ticktext=[f"{t:g}" for t in LOG_TICKS])   # every tick its full value
     fig.update_yaxes(title=f"test accuracy at sigma = {sigma:g} (%)", row=1, col=1)
     fig.update_layout(title=title, template="plotly_white")
     return fig
