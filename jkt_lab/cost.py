@@ -52,10 +52,9 @@ def estimate_cost(configs: Sequence[Config], *, store: ResultStore | None = None
     time over all its threads. On a machine shared with other jobs the wall time grows with the
     load; the CPU time hardly does, and on an otherwise idle machine the wall time is at most the
     CPU time (threads only add parallelism), so ``cpu_s`` is an upper bound of the grid's wall
-    time on a quiet machine with the same cores. Returns ``{"wall_s", "cpu_s", "runs", "per_run": [(config,
-    wall, cpu)], "by_step":
-    {label: (wall, cpu) s a step}, "row": {models: (wall, cpu) s a row}, "overhead": {models:
-    (wall, cpu) s a run}}``.
+    time on a quiet machine with the same cores. Returns ``{"wall_s", "cpu_s", "runs", "per_run":
+    [(config, wall, cpu)], "by_step": {label: (wall, cpu) s a step}, "row": {models: (wall, cpu) s
+    a row}, "overhead": {models: (wall, cpu) s a run}}``.
     """
     dev = resolve_device(device)
     todo = [c for c in configs if store is None or not store.done(c.to_dict())]

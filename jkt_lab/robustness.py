@@ -57,7 +57,8 @@ __all__ = ["EXPERIMENT", "TEACHERS", "VARIANTS", "SEEDS", "SELECT_SIGMA", "PARTS
            "teacher_configs", "grid_configs", "selection_configs", "select", "chosen_configs", "teacher_rows",
            "run_teachers", "robustness_experiment", "robustness_table", "mechanism_table", "selection_table",
            "equivalence_configs", "equivalence_in_training", "equivalence_table", "logit_energy",
-           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records", "compare_prediction", "mean_accuracy", "versus_kd"]
+           "logit_energy_table", "scale_invariance_table", "findings", "spearman", "grid_records", "compare_prediction",
+           "mean_accuracy", "versus_kd"]
 
 EXPERIMENT = "robustness"
 SEEDS = (0, 1, 2)
