@@ -47,7 +47,8 @@ def done(progress_bar, line: str, *, progress: bool = True) -> None:
     """End of a run: close ``progress_bar`` and print ``line`` to stderr, where the bar was (a
     terminal sees one line per run in place of its bar; a log file gets one line per run). In
     a notebook the bar widget is the record and no line is printed."""
-    notebook = type(progress_bar).__module__.startswith("tqdm.notebook")
+    # tqdm.auto's class in a notebook is tqdm.auto.tqdm, a subclass of tqdm.notebook's
+    notebook = any(c.__module__ == "tqdm.notebook" for c in type(progress_bar).__mro__)
     progress_bar.close()
     if enabled(progress) and not notebook:
         print(line, file=sys.stderr, flush=True)

@@ -191,3 +191,17 @@ def test_a_log_gets_one_line_per_run_and_no_bar_refreshes(tmp_path):
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)
+
+
+def test_a_notebook_bar_is_the_record_and_no_line_is_printed(capsys):
+    """In a notebook, tqdm.auto's class is a subclass of tqdm.notebook's defined in tqdm.auto:
+    the bar widget stays as the run's record and no end-of-run line is added below it."""
+    from tqdm import tqdm as std_tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    class AutoTqdm(notebook_tqdm):   # as tqdm.auto.tqdm is, in a Jupyter kernel
+        pass
+    progress.done(AutoTqdm(total=1, disable=True), "run: 1 step")
+    assert capsys.readouterr().err == ""
+    progress.done(std_tqdm(total=1, disable=True), "run: 1 step")
+    assert capsys.readouterr().err == "run: 1 step\n"
