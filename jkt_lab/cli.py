@@ -348,10 +348,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _measuring() -> str:
+    import os
+    return f"measuring step costs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})"
+
+
 def _estimate_reproduce(args, scale: str) -> int:
     """``jkt-lab reproduce --estimate``: each part's measured cost here, in all and still to do."""
-    import os
-
     from . import reproduce as rp
     from .cost import estimate_cost
     from .results import ResultStore
@@ -361,19 +364,18 @@ def _estimate_reproduce(args, scale: str) -> int:
     configs = {"select": rp.selection_configs(base, args.quick, scale),
                "distillation": rp.distillation_configs(base, chosen, args.quick, scale),
                "transfer": rp.transfer_configs(base, chosen, args.quick, scale)}
-    print(f"measuring step costs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}); teachers not "
-          "counted (shipped at cpu scale)", flush=True)
-    total = [0.0, 0.0]
+    print(f"{_measuring()}; teachers not counted (shipped at cpu scale)", flush=True)
+    to_go_wall = to_go_cpu = 0.0
     for part in args.parts.split(","):
         est = estimate_cost(configs[part], device=args.device)
         todo = [(w, c) for conf, w, c in est["per_run"] if not store.done(conf.to_dict())]
-        to_go = [sum(w for w, _ in todo), sum(c for _, c in todo)]
-        total = [total[0] + to_go[0], total[1] + to_go[1]]
+        part_cpu = sum(c for _, c in todo)
+        to_go_wall, to_go_cpu = to_go_wall + sum(w for w, _ in todo), to_go_cpu + part_cpu
         print(f"{part}: {est['runs']} runs, {est['cpu_s'] / 60:.0f} min of CPU time in all "
               f"({est['wall_s'] / 60:.0f} min of wall time here at the current load); {len(todo)} to go: "
-              f"{to_go[1] / 60:.0f} min of CPU time", flush=True)
-    print(f"to go: {total[1] / 60:.0f} min of CPU time (at most that long on a quiet machine with these cores), "
-          f"{total[0] / 60:.0f} min of wall time here at the current load")
+              f"{part_cpu / 60:.0f} min of CPU time", flush=True)
+    print(f"to go: {to_go_cpu / 60:.0f} min of CPU time (at most that long on a quiet machine with these cores), "
+          f"{to_go_wall / 60:.0f} min of wall time here at the current load")
     return 0
 
 
@@ -410,7 +412,6 @@ def cmd_prepare_course(args) -> int:
 
 
 def cmd_robustness(args) -> int:
-    import os
     from . import robustness as rb
     from .results import ResultStore, config_hash
     s = rb.setup(args.dataset)
@@ -423,7 +424,7 @@ def cmd_robustness(args) -> int:
         if "equivalence" in parts:
             configs += rb.equivalence_configs(s, quick=args.quick)
         configs = list({config_hash(c.to_dict()): c for c in configs}.values())  # selection runs are grid runs too
-        print(f"measuring step costs ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(_measuring(), flush=True)
         from .cost import estimate_cost
         est = estimate_cost(configs, store=store, device=args.device, val_noise_sigmas=(rb.SELECT_SIGMA,))
         print(f"{est['runs']} runs to go: {est['wall_s'] / 60:.0f} min of wall time here at the current load; "

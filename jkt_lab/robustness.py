@@ -372,11 +372,11 @@ def _mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def _pct(values) -> str:
+def _pct(values, unit: str = "") -> str:
     mean, std = _mean_std(values)
     if mean is None:
         return ""
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+    return f"{100 * mean:.1f}{unit}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
 def _groups(records) -> dict[tuple, list[dict]]:
@@ -560,13 +560,13 @@ def compare_prediction(prediction: str | None, records: Sequence[Mapping], s: st
     if per_class is None:
         per_class = setup(s).per_class[0] if s is not None else min(
             lookup(r, "config.per_class") for r in _of(records, "grid"))
-    here = {v: [(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs]
+    accs = {v: [(lookup(r, "metrics.noise_acc") or {}).get(key) for r in recs]
             for (t, v, pc), recs in _groups(grid_records(records, s, quick)).items() if t == teacher and pc == per_class}
-    here = {v: _mean_std(a) for v, a in here.items() if _mean_std(a)[0] is not None}
+    here = {v: stats for v, a in accs.items() if (stats := _mean_std(a))[0] is not None}
     if not here:
         raise ValueError(f"no grid results with the {teacher} teacher at per_class {per_class} in these records")
     ranking = sorted(here, key=lambda v: -here[v][0])
-    line = "; ".join(f"{v} {_pct_of(*here[v])}" for v in ranking)
+    line = "; ".join(f"{v} {_pct(accs[v], unit='%')}" for v in ranking)
     measured = f"Measured at sigma {key}, {teacher} teacher, per_class {per_class} (best first): {line}."
     if prediction is None:
         return "No prediction recorded (set prediction above, then run this cell). " + measured
@@ -588,10 +588,6 @@ def compare_prediction(prediction: str | None, records: Sequence[Mapping], s: st
         verdict = (f"You predicted {prediction}: rank {ranking.index(prediction) + 1} of {len(ranking)}, "
                    f"{100 * (b_mean - mean):.1f} points behind {best}.")
     return verdict + " " + measured
-
-
-def _pct_of(mean: float, std: float | None) -> str:
-    return f"{100 * mean:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
 def selection_table(records: Sequence[Mapping], s: str | Setup, quick: bool | None = None) -> list[dict]:
