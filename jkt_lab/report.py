@@ -114,6 +114,9 @@ class Document:
         if plotlyjs not in ("inline", "cdn"):
             raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
         body = [f"<h1>{html.escape(self.title)}</h1>"]
+        if plotlyjs == "cdn" and any(block[0] == "figure" for block in self.blocks):
+            body.append('<p class="note">The figures load plotly.js from cdn.plot.ly: offline they stay blank. '
+                        "To see them offline, write this page again with <code>--plotlyjs inline</code>.</p>")
         n_fig = 0
         for block in self.blocks:
             kind = block[0]
@@ -349,7 +352,7 @@ def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
             doc.heading("Proposition 1 at the teachers: where the noise leaves the linear region", 3)
             doc.text("E ||T(x + sigma z)||^2 over test images (one noise draw each) against the second-order "
                      "prediction ||T(x)||^2 + sigma^2 ||J_T(x)||_F^2 (Proposition 1 with a zero student). A ratio near "
-                     "1: noise of this size probes the teacher's Jacobian; far above 1: it leaves the region where "
+                     "1: noise of this size probes the teacher's Jacobian; far from 1 (above or below): it leaves the region where "
                      "the teacher is close to linear, and distillation on noisy inputs is no longer Jacobian matching.")
             doc.table(energy, floatfmt=".3g")
         eq = rb.equivalence_table(mine)

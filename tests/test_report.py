@@ -94,6 +94,7 @@ def test_report_has_html_tables_figures_and_plotly_once(tmp_path):
     assert text.count("Plotly.newPlot") == n_fig and not page.script_src
     cdn = write_report(records, tmp_path / "cdn", plotlyjs="cdn")["html"].read_text()
     assert not PLOTLY_BUNDLE.search(cdn) and len(Page(cdn).script_src) == 1
+    assert "--plotlyjs inline" in cdn and "--plotlyjs inline" not in text   # offline, the linked page says how
     assert "| method |" in paths["markdown"].read_text()
 
 
