@@ -626,7 +626,8 @@ def scale_invariance_table(scales: Iterable[float] = (0.1, 0.5, 1.0, 2.0, 10.0),
     rows = []
     for c in scales:
         j_s = float(c) * j_t
-        rows.append({"scale c": float(c), "normalised loss": float(jacobian_loss(j_s, j_t, "normalized")),
+        # the normalised loss is 0 to float precision (1e-32 left over from the division): shown as 0
+        rows.append({"scale c": float(c), "normalised loss": round(float(jacobian_loss(j_s, j_t, "normalized")), 12),
                      "squared loss": float(jacobian_loss(j_s, j_t, "squared")),
                      "norm penalty": float(jacobian_loss(j_s, torch.zeros_like(j_s), "squared")),
                      f"output std at sigma={sigma:g}": sigma * float(j_s.norm())})
