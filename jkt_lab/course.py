@@ -22,8 +22,9 @@ from .config import Config, quick_mode
 from .nbtools import DISTILLATION_METHODS, TRANSFER_RUNS, course_config, course_store, transfer_config
 from .results import ResultStore, flatten, lookup
 
-__all__ = ["seeds", "distillation_configs", "transfer_configs", "panel_example_config", "run_all", "prepare",
-           "runs_table", "fit_summary", "chance_level", "compare", "try_jacobian_step"]
+__all__ = ["seeds", "distillation_configs", "transfer_configs", "object_mask_configs", "panel_example_config",
+           "run_all", "prepare", "runs_table", "beside_committed", "attention_distances", "fit_summary", "chance_level",
+           "compare", "try_jacobian_step"]
 
 
 def seeds(quick: bool | None = None) -> tuple[int, ...]:
@@ -42,6 +43,12 @@ def transfer_configs(quick: bool | None = None, **changes) -> list[Config]:
     """Notebook 05: every transfer run (:data:`jkt_lab.nbtools.TRANSFER_RUNS`) and seed."""
     base = transfer_config(quick=quick, **changes)
     return [base.replace(**run, seed=s) for run in TRANSFER_RUNS.values() for s in seeds(quick)]
+
+
+def object_mask_configs(quick: bool | None = None) -> list[Config]:
+    """Notebook 02, section 6 (saliency on the object): the seed-0 students on shapes, the one
+    course dataset with object masks, whatever the course's dataset."""
+    return [course_config(quick=quick, dataset="shapes", method=m) for m in DISTILLATION_METHODS]
 
 
 def panel_example_config(quick: bool | None = None) -> Config:
@@ -76,6 +83,7 @@ def run_all(configs: Sequence[Config], store: str | Path | ResultStore | None = 
     from tqdm.auto import tqdm
 
     from .experiments import get_teacher, run
+    from .pretrained import shipped_for
     configs = list(configs)
     for i, c in enumerate(configs):
         if not isinstance(c, Config):
@@ -85,8 +93,10 @@ def run_all(configs: Sequence[Config], store: str | Path | ResultStore | None = 
     for c in _teachers(todo):
         t = c.teacher_config()
         if progress:
-            print(f"teacher: {t.student} (width {t.student_width}) on {t.dataset}, {t.epochs} epochs; "
-                  "trained once, then loaded from the cache", flush=True)
+            shipped = shipped_for(t)
+            print(f"teacher: {t.student} (width {t.student_width}) on {t.dataset}, {t.epochs} epochs; " +
+                  (f"the shipped teacher '{shipped}'" if shipped else "trained once, then loaded from the cache"),
+                  flush=True)
         get_teacher(c, device=device, progress=progress)
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc=desc, unit="run", disable=not progress,
                dynamic_ncols=True)
@@ -119,6 +129,8 @@ def prepare(quick: bool | None = None, *, device="auto", progress: bool = True,
     parts = [("notebooks 02-04: ce / kd / kd+jacobian students", distillation_configs(quick)),
              ("notebook 03: the panel's example run", [panel_example_config(quick)]),
              ("notebook 05: transfer students", transfer_configs(quick))]
+    if distillation_configs(quick)[0].dataset != "shapes":
+        parts.insert(2, ("notebook 02: shapes students for the object masks", object_mask_configs(quick)))
     rows = []
     t0 = time.perf_counter()
     for config in {c.dataset: c for _, cs in parts for c in cs}.values():
@@ -185,6 +197,55 @@ def runs_table(records: Iterable[Mapping], metric: str = "metrics.test_acc", lab
         row["n"] = len(members)
         row["seeds"] = ", ".join(str(s) for s in sorted({lookup(m, "config.seed") for m in members}, key=str))
         rows.append(row)
+    return rows
+
+
+def beside_committed(records: Iterable[Mapping], committed: Iterable[Mapping],
+                     methods: Sequence[str] = DISTILLATION_METHODS) -> list[dict]:
+    """Your runs beside the committed ones, one row per method: test accuracy % (mean ± std, n)
+    of ``records`` and of the committed runs of the same variant, ``per_class`` and dataset, and
+    the settings in which the committed runs differ from yours (seeds and labels aside), so that
+    a gap between the two columns can be read for what it is."""
+    from .report import variant
+    records, committed = list(records), list(committed)
+    rows = []
+    for method in methods:
+        mine = [r for r in records if variant(r) == method]
+        if not mine:
+            continue
+        here = flatten(mine[0]["config"])
+        theirs = [r for r in committed if variant(r) == method
+                  and lookup(r, "config.extra.part") in (None, "distillation")
+                  and all(lookup(r, f"config.{k}") == here.get(k) for k in ("dataset", "per_class"))]
+        differ = set()
+        for r in theirs:
+            f = flatten(r["config"])
+            differ |= {k for k in set(f) | set(here) if k not in ("seed", "extra.variant", "extra.part")
+                       and f.get(k) != here.get(k)}
+        rows.append({"method": method,
+                     "yours: test %": _mean_std([lookup(r, "metrics.test_acc") for r in mine]), "n (yours)": len(mine),
+                     "committed: test %": _mean_std([lookup(r, "metrics.test_acc") for r in theirs]),
+                     "n (committed)": len(theirs),
+                     "committed runs differ in": ", ".join(sorted(differ)) if theirs else "no committed runs"})
+    return rows
+
+
+def attention_distances(students: Mapping, teacher, x) -> list[dict]:
+    """Notebook 05: how close each student's attention is to the teacher's on images ``x``, as the
+    two training terms measure it before their weights (Section 4.3): the attention-transfer
+    loss and the attention-Jacobian loss (``2 - 2 cos`` per layer), summed over the feature taps
+    that training pairs (:func:`jkt_lab.methods.tap_pairs`: the deepest ones both models have)."""
+    from .losses import attention_jacobian_loss, attention_transfer_loss
+    from .methods import tap_pairs
+    x = x.detach().clone().requires_grad_(True)
+    rows = []
+    for name, student in students.items():
+        s_taps, t_taps = tap_pairs(student, teacher)
+        (_, s_feats), (_, t_feats) = student.forward_features(x), teacher.forward_features(x)
+        s_f, t_f = [s_feats[k] for k in s_taps], [t_feats[k] for k in t_taps]
+        rows.append({"student": name, "layer pairs": len(s_taps),
+                     "attention transfer loss": float(attention_transfer_loss(s_f, t_f).detach()),
+                     "attention-Jacobian loss": float(attention_jacobian_loss(s_f, t_f, x).detach())})
     return rows
 
 

@@ -626,11 +626,11 @@ _LIST = _CODE_LIST + [
         "Look at a history row of a kd+jacobian run: its keys 'loss/<term>' name the terms.",
         "ce (labels) + kd (Hinton distillation) + jacobian (normalised Jacobian matching, Section 3.2)."),
     _ex("03.per_class",
-        "With per_class=10 on the 10 classes of the shapes dataset, how many labelled training images does "
-        "the student see?",
+        "With per_class=10 on a ten-class dataset (CIFAR-10 or shapes), how many labelled training images "
+        "does the student see?",
         "number", 100,
         "per_class is per class.",
-        "10 classes x 10 images = 100: the few-shot setting where the teacher's Jacobians help most."),
+        "10 classes x 10 images = 100: the few-shot setting that the paper's claim is about."),
     _ex("03.temperature",
         "kd_loss multiplies the KL divergence by T^2. Why?",
         "choice", "a",

@@ -38,7 +38,7 @@ from .config import Config
 from .jacobian import jacobian_forward, matched_jacobians, output_jacobian, projections, teacher_jacobian
 from .teacher_cache import TeacherCache
 
-__all__ = ["METHODS", "Method", "register", "get_method", "make_method"]
+__all__ = ["METHODS", "Method", "register", "get_method", "make_method", "tap_pairs"]
 
 METHODS: dict[str, type["Method"]] = {}
 
@@ -251,7 +251,7 @@ class KDJacobianNorm(_KDTerm, Method):
         return logits, {**self._ce(logits, y), **self.distill(logits, t_logits), "jacobian": c.jacobian_weight * penalty}
 
 
-def _tap_pairs(student, teacher):
+def tap_pairs(student, teacher):
     """Pair the deepest feature taps of student and teacher, as many as both have."""
     s_taps, t_taps = tuple(student.feature_taps), tuple(teacher.feature_taps)
     n = min(len(s_taps), len(t_taps))
@@ -265,7 +265,7 @@ class _Attention(Method):
 
     def __init__(self, student, teacher, config):
         super().__init__(student, teacher, config)
-        self.s_taps, self.t_taps = _tap_pairs(student, teacher)
+        self.s_taps, self.t_taps = tap_pairs(student, teacher)
 
     def features(self, x):
         logits, s_feats = self.student.forward_features(x)

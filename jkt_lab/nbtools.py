@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .config import Config, quick_mode
 
-__all__ = ["course_config", "transfer_config", "indoor67_config", "course_store", "committed_results",
-           "committed_robustness",
-           "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
+__all__ = ["COURSE_DATASETS", "CIFAR10_TRANSFER", "course_dataset", "course_config", "transfer_config",
+           "indoor67_config", "course_summary", "course_store", "committed_results", "committed_robustness",
+           "committed_distillation", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
            "strip_outputs", "notebook_outputs", "main"]
 
 #: The students compared in notebooks 02-04 (Section 5 of the paper: few-shot distillation).
@@ -37,28 +38,70 @@ TRANSFER_RUNS = {
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: Notebook 05 on CIFAR-10: fewer steps than distillation (300 steps of the five runs took 182 s a
+#: seed on 2 idle cores, 200 fit three seeds in the notebook's 10 minutes) and fewer history rows.
+CIFAR10_TRANSFER = {"steps": 200, "eval_every": 100}
+
 
 def _sized(config: Config, quick: bool | None) -> Config:
     from .experiments import quick_config
     return quick_config(config) if (quick_mode() if quick is None else quick) else config
 
 
-def course_config(quick: bool | None = None, **changes) -> Config:
-    """The course's distillation setting on the embedded shapes dataset: a tiny CNN teacher
-    (width 32, 8 epochs of batches of 64 on 4000 generated images), tiny students (width 8)
-    trained for 300 steps on 10 images per class. In quick mode (default: ``quick_mode()``) the
-    same run at toy size."""
-    base = Config(dataset="shapes", n_train=4000, n_test=1000, teacher="tiny", teacher_width=32, teacher_epochs=8,
-                  teacher_batch_size=64, student="tiny", student_width=8, per_class=10, steps=300, batch_size=64,
-                  lr=0.05, method="kd+jacobian", seed=0)
+#: The datasets the course runs on: the embedded shapes, or real CIFAR-10 with the shipped teachers.
+COURSE_DATASETS = ("shapes", "cifar10")
+
+
+def course_dataset(quick: bool | None = None) -> str:
+    """The dataset of notebooks 02-05: ``$JKT_LAB_COURSE_DATASET`` when set (``shapes`` or
+    ``cifar10``); else ``cifar10`` when CIFAR-10 is on this machine (torchvision's folder or the
+    JPEG zip, :func:`jkt_lab.data.cifar10_available`) and not in quick mode; else ``shapes``."""
+    chosen = os.environ.get("JKT_LAB_COURSE_DATASET", "").strip()
+    if chosen:
+        if chosen not in COURSE_DATASETS:
+            raise ValueError(f"JKT_LAB_COURSE_DATASET must be one of {', '.join(COURSE_DATASETS)}, got {chosen!r}")
+        return chosen
+    if quick_mode() if quick is None else quick:
+        return "shapes"   # quick mode checks that the code runs: the embedded data, at toy size
+    from .data import cifar10_available
+    return "cifar10" if cifar10_available() is not None else "shapes"
+
+
+def course_config(quick: bool | None = None, dataset: str | None = None, **changes) -> Config:
+    """The course's distillation setting: ``kd+jacobian`` students at 10 images per class, 300 steps.
+
+    * ``cifar10``: the shipped ten-class teacher (VGG-9 width 32, ``jkt_lab.pretrained``) and
+      VGG-4 width-16 students, the settings of ``jkt-lab reproduce --scale cpu``
+      (:func:`jkt_lab.reproduce.base_config`), a history row every 50 steps;
+    * ``shapes``: a tiny CNN teacher (width 32, 8 epochs of batches of 64 on 4000 generated
+      images) and tiny students (width 8).
+
+    ``dataset`` defaults to :func:`course_dataset`. In quick mode (default: ``quick_mode()``)
+    the same run at toy size."""
+    dataset = course_dataset(quick) if dataset is None else dataset
+    if dataset == "cifar10":
+        from .reproduce import base_config
+        base = base_config("cifar10", "cpu").replace(per_class=10, steps=300, method="kd+jacobian", seed=0,
+                                                     eval_every=50)
+    elif dataset == "shapes":
+        base = Config(dataset="shapes", n_train=4000, n_test=1000, teacher="tiny", teacher_width=32, teacher_epochs=8,
+                      teacher_batch_size=64, student="tiny", student_width=8, per_class=10, steps=300, batch_size=64,
+                      lr=0.05, method="kd+jacobian", seed=0)
+    else:
+        raise ValueError(f"dataset must be one of {', '.join(COURSE_DATASETS)}, got {dataset!r}")
     return _sized(base, quick).replace(**changes)
 
 
-def transfer_config(quick: bool | None = None, **changes) -> Config:
-    """Offline transfer on shapes: the teacher (source) learns classes 0-4 from all its images,
-    the student (target) learns classes 5-9 from ``per_class`` images each."""
-    base = course_config(quick=False).replace(teacher_classes=(0, 1, 2, 3, 4), classes=(5, 6, 7, 8, 9),
-                                              method="at+jacobian")
+def transfer_config(quick: bool | None = None, dataset: str | None = None, **changes) -> Config:
+    """Offline transfer (Section 4.3): the teacher (source) learned classes 0-4 from all their
+    images, the student (target) learns classes 5-9 from ``per_class`` images each. On
+    ``cifar10`` the teacher is the shipped ``cifar10-source`` (VGG-9 width 24)."""
+    dataset = course_dataset(quick) if dataset is None else dataset
+    base = course_config(quick=False, dataset=dataset).replace(teacher_classes=(0, 1, 2, 3, 4),
+                                                               classes=(5, 6, 7, 8, 9), method="at+jacobian")
+    if base.dataset == "cifar10":
+        from .reproduce import SCALES
+        base = base.replace(**SCALES["cpu"].transfer_teacher, **CIFAR10_TRANSFER)
     return _sized(base, quick).replace(**changes)
 
 
@@ -135,6 +178,46 @@ def committed_robustness(dataset: str = "shapes") -> list[dict]:
     """Records of the committed robustness experiment on ``dataset``
     (``results/robustness-<dataset>/``; ``jkt-lab robustness``), or an empty list."""
     return committed_results(_REPO_ROOT / "results" / f"robustness-{dataset}")
+
+
+#: Where the committed few-shot distillation results of each course dataset lie, under ``results/``.
+_COMMITTED_DISTILLATION = {"cifar10": "cifar10-cpu", "shapes": "."}
+
+
+def committed_distillation(dataset: str) -> list[dict]:
+    """Records of the committed few-shot distillation runs on ``dataset``: for ``cifar10``
+    ``results/cifar10-cpu/`` (``jkt-lab reproduce --dataset cifar10 --scale cpu``), for
+    ``shapes`` ``results/*.jsonl``; an empty list when there are none."""
+    if dataset not in _COMMITTED_DISTILLATION:
+        raise ValueError(f"dataset must be one of {', '.join(_COMMITTED_DISTILLATION)}, got {dataset!r}")
+    records = committed_results(_REPO_ROOT / "results" / _COMMITTED_DISTILLATION[dataset])
+    return [r for r in records if r.get("config", {}).get("dataset") == dataset]
+
+
+def course_summary(config: Config, quick: bool | None = None) -> str:
+    """The lines a notebook prints first: quick or full mode, the dataset and why it is the one,
+    the teacher (shipped or trained here) and the students."""
+    from .pretrained import shipped_for
+    quick = quick_mode() if quick is None else quick
+    if os.environ.get("JKT_LAB_COURSE_DATASET", "").strip():
+        why = "set by JKT_LAB_COURSE_DATASET"
+    elif config.dataset == "cifar10":
+        why = "CIFAR-10 is on this machine; JKT_LAB_COURSE_DATASET=shapes chooses the embedded set"
+    elif quick:
+        why = "quick mode always uses the embedded set"
+    elif course_dataset(quick) == "shapes":
+        why = ("CIFAR-10 is not on this machine (torchvision's folder or cifar10-jpeg.zip); "
+               "JKT_LAB_COURSE_DATASET=cifar10 asks for it")
+    else:
+        why = "the embedded set"
+    shipped = shipped_for(config.teacher_config())
+    teacher = f"the shipped teacher '{shipped}'" if shipped else "trained here once, then cached"
+    return "\n".join([
+        "quick mode: tiny sizes, accuracies near chance" if quick else "full mode",
+        f"dataset {config.dataset} ({why})",
+        f"teacher {config.teacher} (width {config.teacher_width}): {teacher}",
+        f"students {config.student} (width {config.student_width}), {config.per_class} images per class, "
+        f"{config.steps} steps"])
 
 
 def trained_models(config: Config | None = None, methods: Sequence[str] = DISTILLATION_METHODS, *,

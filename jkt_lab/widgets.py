@@ -373,9 +373,14 @@ class DistillationPanel(Panel):
         changes = dict(dataset=c["dataset"], method=c["method"], jacobian_weight=c["jacobian_weight"],
                        sigma=c["sigma"], per_class=c["per_class"], steps=c["steps"], seed=c["seed"],
                        data_path=path)
-        if c["dataset"] != self.base.dataset:  # n_train/n_test size the generated shapes only
-            changes.update(n_train=None, n_test=None)
-        return self.base.replace(**changes)
+        base = self.base
+        if c["dataset"] != base.dataset:
+            from .nbtools import COURSE_DATASETS, course_config
+            if c["dataset"] in COURSE_DATASETS:   # the course's setting of that dataset: its teacher and students
+                base = course_config(dataset=c["dataset"])
+            else:                                 # n_train/n_test size the generated shapes only
+                changes.update(n_train=None, n_test=None)
+        return base.replace(**changes)
 
     def configs(self) -> list[Config]:
         """The runs one press of Run makes: the settings at ``seeds`` consecutive seeds."""

@@ -22,6 +22,42 @@ def test_seeds_and_configs(monkeypatch):
     assert len(transfer) == len(nbtools.TRANSFER_RUNS)
     assert {nbtools.transfer_label(c.to_dict()) for c in transfer} == set(nbtools.TRANSFER_RUNS)
     assert course.panel_example_config().per_class == 5
+    masks = course.object_mask_configs()                      # notebook 02's object masks: shapes, whatever the course
+    assert [(c.dataset, c.method, c.seed) for c in masks] == [("shapes", m, 0) for m in nbtools.DISTILLATION_METHODS]
+    monkeypatch.setenv("JKT_LAB_COURSE_DATASET", "shapes")
+    assert masks == [c for c in course.distillation_configs() if c.seed == 0]   # on shapes: the same runs
+
+
+def test_beside_committed_puts_your_runs_next_to_the_committed_ones():
+    mine = [record("kd", s, a, dataset="cifar10", steps=300) for s, a in ((0, 0.4), (1, 0.5))]
+    mine.append(record("ce", 0, 0.2, dataset="cifar10", steps=300))
+    extra = {"variant": "kd", "part": "distillation"}
+    committed = [record("kd", s, a, dataset="cifar10", steps=300, eval_every=100, extra=extra)
+                 for s, a in ((0, 0.3), (1, 0.4), (2, 0.5))]
+    committed += [record("kd", 0, 0.9, dataset="cifar10", steps=300, per_class=50, extra=extra),      # other size
+                  record("kd", 0, 0.9, dataset="shapes", steps=300, extra=extra),                      # other data
+                  record("kd", 0, 0.9, dataset="cifar10", steps=300, extra={**extra, "part": "select"}),
+                  record("kd", 0, 0.9, dataset="cifar10", steps=300,
+                         extra={"variant": "kd+jacobian (squared)", "part": "distillation"})]
+    rows = course.beside_committed(mine, committed)
+    assert [r["method"] for r in rows] == ["ce", "kd"]                    # the course's order; no kd+jacobian run
+    assert rows[0]["committed runs differ in"] == "no committed runs" and rows[0]["n (committed)"] == 0
+    assert rows[1] == {"method": "kd", "yours: test %": "45.0 ± 7.1", "n (yours)": 2,
+                       "committed: test %": "40.0 ± 10.0", "n (committed)": 3, "committed runs differ in": "eval_every"}
+
+
+def test_attention_distances_pair_the_taps_as_training_does():
+    import torch
+
+    from jkt_lab.models import build_model
+    teacher = build_model("vgg9", 5, width=4, seed=0).eval()            # four taps
+    student = build_model("vgg4", 5, width=4, seed=1).eval()            # three
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    rows = course.attention_distances({"vgg4": student, "itself": teacher}, teacher, x)
+    assert [(r["student"], r["layer pairs"]) for r in rows] == [("vgg4", 3), ("itself", 4)]
+    assert 0 < rows[0]["attention transfer loss"] and 0 < rows[0]["attention-Jacobian loss"] <= 2 * 3
+    assert rows[1]["attention transfer loss"] == pytest.approx(0, abs=1e-9)         # the teacher against itself
+    assert rows[1]["attention-Jacobian loss"] == pytest.approx(0, abs=1e-5)
 
 
 def test_runs_table_groups_by_every_setting_that_differs():

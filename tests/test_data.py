@@ -370,6 +370,17 @@ def test_cifar10_falls_back_to_jpeg_zip(data_env, monkeypatch):
     assert d.name == "cifar10-jpeg" and d.num_classes == 10 and len(d.y_val) == 10
 
 
+def test_cifar10_available_finds_the_torchvision_folder_then_the_zip(data_env, monkeypatch):
+    from jkt_lab.data import cifar10_available
+    assert cifar10_available() is None                                   # nothing here
+    zp = write_jpeg_zip(data_env / "z" / "cifar10-jpeg.zip")
+    monkeypatch.setenv("JKT_LAB_CIFAR10_ZIP", str(zp))
+    assert cifar10_available() == zp
+    write_cifar10(data_env / "data")                                     # torchvision's files win
+    assert cifar10_available() == data_env / "data" / "cifar-10-batches-py"
+    assert cifar10_available(root=data_env / "elsewhere") == zp
+
+
 def test_cifar10_jpeg_missing_zip(data_env):
     with pytest.raises(DataNotFoundError, match="JKT_LAB_CIFAR10_ZIP"):
         load("cifar10-jpeg")

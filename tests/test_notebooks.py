@@ -167,6 +167,7 @@ def test_strip_outputs_command_line(tmp_path):
 
 def test_course_configs(monkeypatch):
     monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    monkeypatch.setenv("JKT_LAB_COURSE_DATASET", "shapes")
     full = nbtools.course_config()
     assert isinstance(full, Config) and full.dataset == "shapes" and full.steps == 300 and full.per_class == 10
     quick = nbtools.course_config(quick=True)
@@ -177,6 +178,50 @@ def test_course_configs(monkeypatch):
     t = nbtools.transfer_config()
     assert t.teacher_classes == (0, 1, 2, 3, 4) and t.classes == (5, 6, 7, 8, 9)
     assert nbtools.course_store().name == "course_results_quick.jsonl"
+
+
+def test_course_dataset_is_cifar10_where_it_is_found(monkeypatch):
+    import jkt_lab.data as data_mod
+    monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    monkeypatch.delenv("JKT_LAB_COURSE_DATASET", raising=False)
+    monkeypatch.setattr(data_mod, "cifar10_available", lambda root=None: Path("/somewhere/cifar10-jpeg.zip"))
+    assert nbtools.course_dataset() == "cifar10" and nbtools.course_dataset(quick=True) == "shapes"
+    assert "CIFAR-10 is on this machine" in nbtools.course_summary(nbtools.course_config())
+    monkeypatch.setattr(data_mod, "cifar10_available", lambda root=None: None)
+    assert nbtools.course_dataset() == "shapes"
+    assert "CIFAR-10 is not on this machine" in nbtools.course_summary(nbtools.course_config())
+    monkeypatch.setenv("JKT_LAB_COURSE_DATASET", "cifar10")                 # asked for: whatever is found
+    assert nbtools.course_dataset() == "cifar10" == nbtools.course_dataset(quick=True)
+    assert "set by JKT_LAB_COURSE_DATASET" in nbtools.course_summary(nbtools.course_config())
+    monkeypatch.setenv("JKT_LAB_COURSE_DATASET", "mnist")
+    with pytest.raises(ValueError, match="JKT_LAB_COURSE_DATASET must be one of shapes, cifar10, got 'mnist'"):
+        nbtools.course_config()
+    with pytest.raises(ValueError, match="dataset must be one of shapes, cifar10, got 'digits'"):
+        nbtools.course_config(dataset="digits")
+
+
+def test_cifar10_course_uses_the_shipped_teachers(monkeypatch):
+    """On CIFAR-10 the course trains students only: its teachers are the shipped ones, and its
+    settings are those of `jkt-lab reproduce --scale cpu` (the committed results)."""
+    from jkt_lab.pretrained import shipped_for
+    from jkt_lab.reproduce import base_config
+    monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    config, tconfig = nbtools.course_config(dataset="cifar10"), nbtools.transfer_config(dataset="cifar10")
+    assert shipped_for(config.teacher_config()) == "cifar10"
+    assert shipped_for(tconfig.teacher_config()) == "cifar10-source"
+    assert config.replace(per_class=5, eval_every=100) == base_config("cifar10", "cpu")
+    assert (tconfig.teacher_classes, tconfig.classes) == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+    assert tconfig.steps == nbtools.CIFAR10_TRANSFER["steps"] < config.steps
+    assert "the shipped teacher 'cifar10-source'" in nbtools.course_summary(tconfig)
+    assert nbtools.course_config(quick=True, dataset="cifar10").steps < config.steps    # quick: toy size
+
+
+def test_committed_distillation():
+    shapes = nbtools.committed_distillation("shapes")
+    assert shapes and all(r["config"]["dataset"] == "shapes" for r in shapes)
+    assert all(r["config"]["dataset"] == "cifar10" for r in nbtools.committed_distillation("cifar10"))
+    with pytest.raises(ValueError, match="dataset must be one of cifar10, shapes, got 'mnist'"):
+        nbtools.committed_distillation("mnist")
 
 
 def test_transfer_labels():

@@ -109,6 +109,16 @@ def test_distillation_panel_other_dataset_drops_shape_sizes(store, base):
     assert config.dataset == "digits" and config.n_train is None and config.n_test is None
 
 
+def test_distillation_panel_switches_to_the_course_setting_of_a_course_dataset(store, base):
+    panel = widgets.distillation_panel(store=store, base=base)          # shapes, quick-sized
+    panel.controls["dataset"].value = "cifar10"
+    panel.controls["per_class"].value = 5
+    shown = {k: getattr(base, k) for k in ("method", "jacobian_weight", "sigma", "steps", "seed")}  # the controls
+    assert panel.config() == nbtools.course_config(dataset="cifar10", per_class=5, **shown)      # its vgg teacher
+    panel.controls["dataset"].value = "shapes"
+    assert panel.config() == base.replace(per_class=5)                  # back to the panel's own base
+
+
 def test_distillation_panel_without_committed_results(store, base, monkeypatch, tmp_path):
     monkeypatch.setattr(nbtools, "_REPO_ROOT", tmp_path)
     panel = widgets.distillation_panel(store=store, base=base)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from jkt_lab._checks import check_choice, check_int
 
-from .cifar import CIFAR10_URL, CIFAR10_ZIP_NAME, CIFAR100_URL, read_cifar10, read_cifar10_jpeg, read_cifar100
+from .cifar import (CIFAR10_URL, CIFAR10_ZIP_NAME, CIFAR100_URL, cifar10_available, read_cifar10, read_cifar10_jpeg,
+                    read_cifar100)
 from .core import (
     Batches,
     Data,
@@ -69,6 +70,7 @@ __all__ = [
     "PATH_DATASETS",
     "USER_DATASETS",
     "add_noise",
+    "cifar10_available",
     "cache_dir",
     "data_root",
     "fingerprint",

@@ -210,6 +210,17 @@ def _cifar_arrays(name: str, root: Path, download: bool | None) -> tuple[dict, s
     return _cached(name, _stat_key(files), build), name
 
 
+def cifar10_available(root: str | Path | None = None) -> Path | None:
+    """Where CIFAR-10 is on this machine without a download: torchvision's folder under the data
+    root (``root``, else ``$JKT_LAB_DATA``, else ``<cache_dir()>/data``), else the JPEG zip that
+    :func:`load` falls back to; None when neither is there."""
+    cls = _cifar_class("cifar10")
+    base = (Path(root) if root is not None else data_root()) / cls.base_folder
+    if all((base / f).is_file() for f, _ in cls.train_list + cls.test_list):
+        return base
+    return _find_cifar10_zip()[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # readers
 # ----------------------------------------------------------------------------------------------
