@@ -220,7 +220,7 @@ def beside_committed(records: Iterable[Mapping], committed: Iterable[Mapping],
         differ = set()
         for r in theirs:
             f = flatten(r["config"])
-            differ |= {k for k in set(f) | set(here) if k not in ("seed", "extra.variant", "extra.part")
+            differ |= {k for k in set(f) | set(here) if k not in ("seed", "extra", "extra.variant", "extra.part")
                        and f.get(k) != here.get(k)}
         rows.append({"method": method,
                      "yours: test %": _mean_std([lookup(r, "metrics.test_acc") for r in mine]), "n (yours)": len(mine),

@@ -29,7 +29,7 @@ def test_seeds_and_configs(monkeypatch):
 
 
 def test_beside_committed_puts_your_runs_next_to_the_committed_ones():
-    mine = [record("kd", s, a, dataset="cifar10", steps=300) for s, a in ((0, 0.4), (1, 0.5))]
+    mine = [record("kd", s, a, dataset="cifar10", steps=300, extra={}) for s, a in ((0, 0.4), (1, 0.5))]
     mine.append(record("ce", 0, 0.2, dataset="cifar10", steps=300))
     extra = {"variant": "kd", "part": "distillation"}
     committed = [record("kd", s, a, dataset="cifar10", steps=300, eval_every=100, extra=extra)
