@@ -1,4 +1,6 @@
 """The reproduce pipeline (quick form, the same grid at toy size) and the report's claims."""
+from pathlib import Path
+
 import pytest
 
 from jkt_lab import cli, reproduce as rp
@@ -107,3 +109,24 @@ def test_cpu_scale_grid():
     assert {c.eval_every for c in configs + transfer} == {100}   # few history rows: they cost more than steps
     with pytest.raises(ValueError, match="scale must be one of gpu, cpu"):
         rp.base_config("cifar10", "tpu")
+
+
+COMMITTED_CIFAR10 = Path(__file__).resolve().parents[1] / "results" / "cifar10-cpu"
+
+
+def test_committed_cifar10_cpu_results_say_what_the_prose_says():
+    """The committed CPU-scale records (``jkt-lab reproduce --dataset cifar10 --scale cpu``) are
+    the settings of the cpu scale, and the numbers that notebook 03 quotes from them are theirs."""
+    from jkt_lab.report import accuracy_table
+    records = ResultStore(COMMITTED_CIFAR10 / "results.jsonl").records()
+    base = rp.base_config("cifar10", "cpu").to_dict()
+    assert records and all(r["device"] == "cpu" for r in records)
+    assert all(r["config"][k] == base[k] for r in records for k in ("teacher", "student", "student_width", "steps"))
+    distillation = [r for r in records if r["config"]["extra"]["part"] == "distillation"]
+    rows = {row["method"]: row for row in accuracy_table(distillation)}
+    quoted = {("kd+jacobian", "10"): "37.6 ± 2.2", ("kd", "10"): "33.0 ± 3.5",
+              ("kd+jacobian (squared)", "10"): "40.4 ± 1.0", ("ce", "10"): "27.9 ± 3.1"}
+    assert {k: rows[k[0]][k[1]] for k in quoted} == quoted
+    assert {r["config"]["jacobian_weight"] for r in distillation if r["config"]["extra"]["variant"] == "kd+jacobian"} == {10.0}
+    notebook = (Path(__file__).resolve().parents[1] / "notebooks" / "03_distillation.ipynb").read_text()
+    assert all(f"{value}%" in notebook for (method, _), value in quoted.items() if method != "ce")
