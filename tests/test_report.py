@@ -204,3 +204,13 @@ def test_demo_report_renders_in_a_browser(demo, tmp_path):
     assert state["plotly_loaded"] and not state["scripts_with_src"], state
     assert state["heatmaps"] >= 6 * (1 + len(cli.DEMO_METHODS)), state
     assert state["tables"] >= 4 and not state["console"], state
+
+
+def test_teacher_accuracy_line_leaves_out_transfer_teachers(tmp_path):
+    """A transfer teacher (source classes) scored on the target's labels is no teacher accuracy."""
+    def rec(seed, teacher_acc, **config):
+        return {"config": {"method": "kd", "seed": seed, "per_class": 5, **config},
+                "metrics": {"test_acc": 0.4, "teacher_test_acc": teacher_acc}}
+    records = [rec(0, 0.85), rec(1, 0.85), rec(0, 0.043, teacher_classes=[0, 1], classes=[2, 3])]
+    text = write_report(records, tmp_path, plotlyjs="cdn")["markdown"].read_text()
+    assert "Teacher test accuracy: 85.00%." in text and "4.30%" not in text

@@ -128,5 +128,8 @@ def test_committed_cifar10_cpu_results_say_what_the_prose_says():
               ("kd+jacobian (squared)", "10"): "40.4 ± 1.0", ("ce", "10"): "27.9 ± 3.1"}
     assert {k: rows[k[0]][k[1]] for k in quoted} == quoted
     assert {r["config"]["jacobian_weight"] for r in distillation if r["config"]["extra"]["variant"] == "kd+jacobian"} == {10.0}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for row in rows.values():                                           # the README's table is this table
+        assert "| " + " | ".join(row[k] for k in ("method", "1", "5", "10", "50", "100", "500")) + " |" in readme
     notebook = (Path(__file__).resolve().parents[1] / "notebooks" / "03_distillation.ipynb").read_text()
     assert all(f"{value}%" in notebook for (method, _), value in quoted.items() if method != "ce")
