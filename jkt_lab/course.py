@@ -126,10 +126,11 @@ def prepare(quick: bool | None = None, *, device="auto", progress: bool = True,
     from .experiments import load_data
     quick = quick_mode() if quick is None else quick
     store = ResultStore(course_store() if store is None else store)
-    parts = [("notebooks 02-04: ce / kd / kd+jacobian students", distillation_configs(quick)),
+    distillation = distillation_configs(quick)
+    parts = [("notebooks 02-04: ce / kd / kd+jacobian students", distillation),
              ("notebook 03: the panel's example run", [panel_example_config(quick)]),
              ("notebook 05: transfer students", transfer_configs(quick))]
-    if distillation_configs(quick)[0].dataset != "shapes":
+    if distillation[0].dataset != "shapes":
         parts.insert(2, ("notebook 02: shapes students for the object masks", object_mask_configs(quick)))
     rows = []
     t0 = time.perf_counter()

@@ -170,12 +170,18 @@ def _cifar_error(name: str, root: Path, reason: str) -> DataNotFoundError:
         f"environment variable, else {cache_dir() / 'data'}.")
 
 
+def _torchvision_files(cls, root: Path) -> list[Path]:
+    """The files torchvision's ``cls`` (CIFAR10/CIFAR100) reads under ``root``."""
+    base = root / cls.base_folder
+    return [base / f for f, _ in cls.train_list + cls.test_list] + [base / cls.meta["filename"]]
+
+
 def _cifar_arrays(name: str, root: Path, download: bool | None) -> tuple[dict, str]:
     """(uint8 arrays, dataset name actually used) for cifar10/cifar100 in torchvision's format."""
     global _warned_jpeg
     cls = _cifar_class(name)
     base = root / cls.base_folder
-    files = [base / f for f, _ in cls.train_list + cls.test_list] + [base / cls.meta["filename"]]
+    files = _torchvision_files(cls, root)
     if not all(f.is_file() for f in files):
         if name == "cifar10":
             found, _ = _find_cifar10_zip()
@@ -215,9 +221,9 @@ def cifar10_available(root: str | Path | None = None) -> Path | None:
     root (``root``, else ``$JKT_LAB_DATA``, else ``<cache_dir()>/data``), else the JPEG zip that
     :func:`load` falls back to; None when neither is there."""
     cls = _cifar_class("cifar10")
-    base = (Path(root) if root is not None else data_root()) / cls.base_folder
-    if all((base / f).is_file() for f, _ in cls.train_list + cls.test_list):
-        return base
+    files = _torchvision_files(cls, Path(root) if root is not None else data_root())
+    if all(f.is_file() for f in files):
+        return files[0].parent
     return _find_cifar10_zip()[0]
 
 
