@@ -186,12 +186,14 @@ _COMMITTED_DISTILLATION = {"cifar10": "cifar10-cpu", "shapes": "."}
 
 def committed_distillation(dataset: str) -> list[dict]:
     """Records of the committed few-shot distillation runs on ``dataset``: for ``cifar10``
-    ``results/cifar10-cpu/`` (``jkt-lab reproduce --dataset cifar10 --scale cpu``), for
-    ``shapes`` ``results/*.jsonl``; an empty list when there are none."""
+    ``results/cifar10-cpu/`` (``jkt-lab reproduce --dataset cifar10 --scale cpu``; its
+    distillation part, not the selection or transfer runs), for ``shapes`` ``results/*.jsonl``;
+    an empty list when there are none."""
     if dataset not in _COMMITTED_DISTILLATION:
         raise ValueError(f"dataset must be one of {', '.join(_COMMITTED_DISTILLATION)}, got {dataset!r}")
     records = committed_results(_REPO_ROOT / "results" / _COMMITTED_DISTILLATION[dataset])
-    return [r for r in records if r.get("config", {}).get("dataset") == dataset]
+    return [r for r in records if r.get("config", {}).get("dataset") == dataset
+            and r["config"].get("extra", {}).get("part") in (None, "distillation")]
 
 
 def course_summary(config: Config, quick: bool | None = None) -> str:
