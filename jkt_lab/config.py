@@ -13,12 +13,13 @@ from typing import Any
 
 from ._checks import check_choice, check_int, check_nonnegative, check_positive
 
-__all__ = ["Config", "JACOBIAN_OUTPUTS", "SCHEDULES", "quick_mode"]
+__all__ = ["Config", "JACOBIAN_OUTPUTS", "JACOBIAN_SOURCES", "SCHEDULES", "quick_mode"]
 
 JACOBIAN_OUTPUTS = ("top1", "label", "random", "all")
 SCHEDULES = ("cosine", "step", "constant")
 # left out of to_dict() while None: fields added after results were recorded keep the old hashes
-UNSET_OMITTED = ("data_path", "data_fingerprint", "image_size", "augment_views")
+UNSET_OMITTED = ("data_path", "data_fingerprint", "image_size", "augment_views", "jacobian_source")
+JACOBIAN_SOURCES = ("teacher", "untrained", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Config:
     jacobian_weight: float = 1.0
     jacobian_kind: str = "normalized"     # squared | normalized | cosine
     jacobian_output: str = "top1"         # top1 | label | random | all
+    jacobian_source: str | None = None    # whose Jacobian is matched (controls): None/"teacher", "untrained", "shuffled"
     sigma: float = 0.1                    # input-noise std for the "noise" method, [0, 1] pixel units
     n_samples: int = 1                    # noisy copies per example for the "noise" method
     noise_loss: str = "kd"                # kd | squared
@@ -108,6 +110,11 @@ class Config:
         from .losses import JACOBIAN_KINDS
         check_choice(self.jacobian_kind, "jacobian_kind", JACOBIAN_KINDS)
         check_choice(self.jacobian_output, "jacobian_output", JACOBIAN_OUTPUTS)
+        if self.jacobian_source is not None:
+            check_choice(self.jacobian_source, "jacobian_source", JACOBIAN_SOURCES)
+            if self.jacobian_source != "teacher" and self.jacobian_output == "random":
+                raise ValueError(f"jacobian_source={self.jacobian_source!r} is a control for a fixed output; "
+                                 f"use jacobian_output top1, label or all, not 'random'")
         check_choice(self.noise_loss, "noise_loss", ("kd", "squared"))
         check_choice(self.schedule, "schedule", SCHEDULES)
         check_choice(self.teacher_schedule, "teacher_schedule", SCHEDULES)

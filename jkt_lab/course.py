@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .config import Config, quick_mode
+from .analysis.compare import paired_compare
 from .nbtools import DISTILLATION_METHODS, TRANSFER_RUNS, course_config, course_store, transfer_config
 from .results import ResultStore, flatten, lookup
 
@@ -305,11 +306,13 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
 def compare(records: Iterable[Mapping], better: str, worse: str, *, label=None, metric: str = "metrics.test_acc",
             percent: bool = True) -> dict:
     """Does ``better`` beat ``worse`` (two labels: ``label(record)``, default the method) on
-    ``metric``, beyond the spread over seeds? Returns the means, sample stds, ``n``, the
-    difference, and ``verdict``: "ahead" when the difference exceeds both stds, "behind" when it
-    is below minus both, else "within the spread over seeds" (one seed each: "one seed, no spread
-    to compare with"); ``sentence`` says it in words."""
+    ``metric``? Judged by the package's one paired rule (:func:`jkt_lab.analysis.paired_compare`):
+    the per-seed difference, its 95% t interval and the paired t-test. Returns the means, sample
+    stds, ``n``, the mean paired ``difference``, its ``interval``, and ``verdict``: "ahead" when
+    the seeds show ``better`` ahead (p < 0.05), "behind" when they show it behind, "not shown" when
+    the interval includes 0, "one seed, no interval" with one paired seed; ``sentence`` says it."""
     label = label or (lambda r: lookup(r, "config.method"))
+    records = list(records)
     values: dict[str, list[float]] = {better: [], worse: []}
     for r in records:
         name, v = label(r), lookup(r, metric)
@@ -321,23 +324,25 @@ def compare(records: Iterable[Mapping], better: str, worse: str, *, label=None, 
     scale = 100 if percent else 1
     mean = {k: scale * statistics.fmean(v) for k, v in values.items()}
     std = {k: scale * statistics.stdev(v) if len(v) > 1 else None for k, v in values.items()}
-    diff = mean[better] - mean[worse]
-    if std[better] is None or std[worse] is None:
-        verdict = "one seed, no spread to compare with"
-    elif diff > max(std[better], std[worse]):
-        verdict = "ahead"
-    elif diff < -max(std[better], std[worse]):
-        verdict = "behind"
-    else:
-        verdict = "within the spread over seeds"
+    c = paired_compare(records, better, worse, lambda r: lookup(r, metric), label=label, scale=scale)
+    if not c.settings:
+        raise ValueError(f"no seed has a {metric} for both {better!r} and {worse!r}: nothing to pair")
+    s = c.settings[0]
+    verdict = ("one seed, no interval" if s.low is None else
+               {"shown": "ahead", "opposite": "behind", "not shown": "not shown"}[s.status])
     unit = " points" if percent else ""
-    spread = lambda k: f" ± {std[k]:.{1 if percent else 3}f}" if std[k] is not None else ""  # noqa: E731
     fmt = ".1f" if percent else ".3f"
+    spread = lambda k: f" ± {std[k]:{fmt}}" if std[k] is not None else ""  # noqa: E731
+    interval = None if s.low is None else (s.low, s.high)
+    said = {"ahead": "the seeds show it ahead", "behind": "the seeds show it behind",
+            "not shown": "not shown (the interval includes 0)", "one seed, no interval": "one seed, no interval"}[verdict]
     sentence = (f"{better} {format(mean[better], fmt)}{spread(better)} (n={len(values[better])}) vs. {worse} "
-                f"{format(mean[worse], fmt)}{spread(worse)} (n={len(values[worse])}): difference "
-                f"{diff:+{fmt}}{unit}, {verdict}.")
+                f"{format(mean[worse], fmt)}{spread(worse)} (n={len(values[worse])}): paired difference "
+                f"{s.mean:+{fmt}}{unit}"
+                + (f", 95% interval [{s.low:+{fmt}}, {s.high:+{fmt}}] over {s.n} seeds" if interval else "")
+                + f": {said}.")
     return {"better": better, "worse": worse, "mean": mean, "std": std, "n": {k: len(v) for k, v in values.items()},
-            "difference": diff, "verdict": verdict, "sentence": sentence}
+            "difference": s.mean, "interval": interval, "verdict": verdict, "sentence": sentence}
 
 
 def try_jacobian_step(step, config: Config | None = None, *, steps: int = 40, batch_size: int = 32,

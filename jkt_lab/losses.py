@@ -195,15 +195,21 @@ def _pairs(student_features, teacher_features):
 
 
 def attention_transfer_loss(student_features, teacher_features, p: float = 2.0) -> torch.Tensor:
-    """Attention transfer: sum over feature-map pairs of ``||Q_S/||Q_S|| - Q_T/||Q_T|| ||^2``, batch mean.
+    """Attention transfer (Zagoruyko & Komodakis 2017): sum over feature-map pairs of the squared
+    difference of l2-normalised attention maps ``Q/||Q||``, **averaged over the H*W positions**
+    and the batch, as their reference code's ``at_loss`` does (``(at(x) - at(y)).pow(2).mean()``).
 
+    The reference weights the sum by ``beta / 2`` with ``beta = 1000``: ``Config.attention_weight``
+    500 is that weight (the experiments choose it on the validation split). Averaging over
+    positions keeps the term's scale independent of each tap's resolution; a sum over positions
+    (this function before 2026-12) made it 64x to 1024x larger on 8x8 to 32x32 maps.
     Feature maps come as lists (or dicts, in order) of (batch, C, H, W) tensors; channel counts
     may differ; spatial sizes are pooled to the smaller one.
     """
     total = 0.0
     for s, t in _pairs(student_features, teacher_features):
         diff = attention_map(s, p) - attention_map(t.detach(), p)
-        total = total + diff.pow(2).sum(dim=1).mean()
+        total = total + diff.pow(2).mean()
     return total
 
 

@@ -27,6 +27,7 @@ lwf                 ce on the new head + distillation of the old head (Li & Hoie
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -171,22 +172,72 @@ class _LogitMatching(Method):
         return logits, {**self._ce(logits, y), **self.distill(logits, t_logits)}
 
 
+def untrained_copy(teacher: nn.Module, seed: int) -> nn.Module:
+    """A network of the teacher's architecture at a fresh initialisation (``seed``): the
+    ``jacobian_source="untrained"`` control, whose Jacobian has a network's statistics but none
+    of the teacher's training."""
+    net = copy.deepcopy(teacher)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in net.modules():
+            if m is not net and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation of ``range(n)`` with no fixed point (n >= 2): each example is given
+    another example's row."""
+    order = torch.randperm(n, generator=generator)
+    out = torch.empty(n, dtype=torch.long)
+    out[order] = order.roll(-1)
+    return out
+
+
 class _JacobianMatching(Method):
-    """Shared by kd+jacobian and activations+jacobian: adds the output-Jacobian term of Section 3."""
+    """Shared by kd+jacobian and activations+jacobian: adds the output-Jacobian term of Section 3.
+
+    ``config.jacobian_source`` chooses the matched Jacobian (controls for "is it the teacher's
+    knowledge, or any regulariser?"): the teacher's (default); that of an untrained network of
+    the teacher's architecture (``"untrained"``, the same output row the teacher chooses); or
+    the teacher's Jacobian of *another* example of the batch (``"shuffled"``: the right
+    statistics, the wrong direction). The logits that kd matches are always the teacher's.
+    """
+
+    def __init__(self, student, teacher, config):
+        super().__init__(student, teacher, config)
+        source = config.jacobian_source or "teacher"
+        self.source = source
+        self.untrained = untrained_copy(teacher, config.teacher_seed + 1_000) if source == "untrained" else None
 
     @property
     def cacheable(self):
         return self.config.jacobian_output != "random"  # random projections are drawn anew each step
 
+    def _teacher_side(self, xs, ys):
+        """``(jacobian rows to match, teacher logits)`` for a batch: a function of the input alone."""
+        c = self.config
+        j_t, t_logits, v = teacher_jacobian(self.teacher, xs, c.jacobian_output, labels=ys)
+        if self.untrained is not None:
+            xg = xs.detach().requires_grad_(True)
+            with torch.enable_grad():
+                _, u_out, _ = jacobian_forward(self.untrained, xg)
+                j_t = output_jacobian(u_out, xg, v)
+        return j_t, t_logits
+
     def terms(self, x, y, step):
         c = self.config
         teacher_outputs = None
-        if self.teacher_cache is not None and self._keys is not None:
-            teacher_outputs = self._from_teacher(
-                x, y, lambda xs, ys: teacher_jacobian(self.teacher, xs, c.jacobian_output, labels=ys)[:2])
+        if self.source != "teacher" or (self.teacher_cache is not None and self._keys is not None):
+            teacher_outputs = self._from_teacher(x, y, self._teacher_side)
         j_s, j_t, logits, t_logits = matched_jacobians(self.student, self.teacher, x, c.jacobian_output, labels=y,
                                                        generator=self._generator(step), create_graph=True,
                                                        teacher_outputs=teacher_outputs)
+        if self.source == "shuffled" and len(x) > 1:
+            j_t = j_t[_derangement(len(x), self._generator(step))]
         return logits, {**self._ce(logits, y), **self.distill(logits, t_logits),
                         "jacobian": c.jacobian_weight * losses.jacobian_loss(j_s, j_t, c.jacobian_kind)}
 

@@ -15,6 +15,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from .analysis.claims import control_comparisons, paper_claims, variant
+from .analysis.compare import paired_compare
 from .results import ResultStore, lookup, table, to_html, to_markdown
 from .viz import (accuracy_figure, accuracy_groups_figure, noise_figure, saliency_grid,
                   training_curves_figure)
@@ -164,11 +166,6 @@ def _fmt(mean, std, n):
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if std is not None and n > 1 else f"{100 * mean:.1f}"
 
 
-def variant(record: Mapping) -> str:
-    """A run's label: ``config.extra.variant`` when set (e.g. "kd+jacobian (squared)"), else the method."""
-    return lookup(record, "config.extra.variant") or lookup(record, "config.method")
-
-
 def _labelled(records):
     return [{**r, "variant": variant(r)} for r in records]
 
@@ -206,66 +203,56 @@ def noise_table(records: Iterable[Mapping]) -> list[dict]:
     return rows
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def _by_per_class(records, name, value):
-    out: dict = {}
-    for r in records:
-        if variant(r) == name:
-            out.setdefault(lookup(r, "config.per_class"), []).append(value(r))
-    return {k: _mean(v) for k, v in out.items()}
-
-
-def _compare(records, better: str, worse: str, value, keep=lambda per_class: True) -> tuple[str, list[dict]]:
-    """Verdict and the rows of a table comparing two variants per ``per_class``."""
-    a, b = _by_per_class(records, better, value), _by_per_class(records, worse, value)
-    keys = sorted((k for k in a if k in b and keep(k) and a[k] is not None and b[k] is not None),
-                  key=lambda v: (v is None, v or 0))
-    if not keys:
-        return "not measured", []
-    rows = [{"per_class": "all" if k is None else k, better: 100 * a[k], worse: 100 * b[k],
-             "difference": 100 * (a[k] - b[k])} for k in keys]
-    wins = sum(r["difference"] > 0 for r in rows)
-    mean_diff = sum(r["difference"] for r in rows) / len(rows)
-    if wins > len(rows) / 2 and mean_diff > 0:
-        verdict_ = "supported"
-    elif wins < len(rows) / 2 and mean_diff < 0:
-        verdict_ = "not supported"
-    else:
-        verdict_ = "mixed"
-    verdict_ += f" ({better} ahead in {wins} of {len(rows)} settings, mean difference {mean_diff:+.2f} points)"
-    return verdict_, rows
-
-
-def _add_claims(doc: Document, records: list) -> None:
-    dist = [r for r in records if lookup(r, "config.extra.part") in (None, "distillation")]
-    transfer = [r for r in records if lookup(r, "config.extra.part") == "transfer"]
-    test_acc = lambda r: lookup(r, "metrics.test_acc")  # noqa: E731
+def _add_claims(doc: Document, records: list, equivalence_rows=None) -> None:
+    """The verdict box: the paper's claims (a)-(e) by the paired rule (:mod:`jkt_lab.analysis`),
+    the controls, and whether the Jacobians aligned."""
     doc.heading("Claims of the paper")
+    doc.text("Each claim is judged by one rule (`jkt_lab.analysis.compare`): per setting (images per class), the "
+             "paired difference over seeds with its 95% t interval; Holm's correction across the settings of a claim; "
+             "**supported** when at least one setting is shown, none shows the opposite and the first method is ahead "
+             "in more than half the settings.")
+    doc.items([c.markdown() for c in paper_claims(records, equivalence_rows)], css="verdict")
+    controls = control_comparisons(records)
+    if controls:
+        doc.heading("Controls: is it the teacher's Jacobian, or any regulariser?", 3)
+        doc.text("kd+jacobian against each control at every per_class (test accuracy, paired by seed). The claim that "
+                 "matching the teacher's Jacobian transfers knowledge holds only where kd+jacobian beats them.")
+        doc.table([{"control": name, "verdict (kd+jacobian better)": c.verdict, "ahead in": f"{c.wins} of {len(c.settings)}",
+                    "mean difference (points)": f"{statistics.fmean(x.mean for x in c.settings):+.1f}" if c.settings else "",
+                    "shown at per_class": ", ".join(str(x.setting) for x in c.shown) or "none",
+                    "opposite at per_class": ", ".join(str(x.setting) for x in c.opposite) or "none"}
+                   for name, c in controls])
+    dist = [r for r in records if lookup(r, "config.extra.part") == "distillation"]
+    cos = paired_compare(dist, "kd+jacobian", "kd", lambda r: lookup(r, "metrics.saliency_cosine"), label=variant,
+                         setting=lambda r: lookup(r, "config.per_class"), scale=1.0)
+    if cos.settings:
+        doc.heading("Did the Jacobians align? Teacher-student cosine on test images", 3)
+        doc.table(cos.rows(digits=3))
 
-    def claim(text, verdict_, rows):
-        doc.text(f"{text}: **{verdict_}**.")
-        if rows:
-            doc.table(rows, floatfmt=".2f")
-    claim("1. **Jacobian matching helps distillation when data is scarce** (test accuracy, %, per_class <= 10, "
-          "kd+jacobian vs. kd)", *_compare(dist, "kd+jacobian", "kd", test_acc, keep=lambda k: k is not None and k <= 10))
-    for sigma in ("0.1", "0.2"):
-        claim(f"2. **Jacobian-matched students are more robust to Gaussian input noise** (test accuracy, %, "
-              f"under noise sigma = {sigma}, kd+jacobian vs. kd)",
-              *_compare(dist, "kd+jacobian", "kd", lambda r: (lookup(r, "metrics.noise_acc") or {}).get(sigma)))
-    for init in ("fine-tune", "scratch"):
-        claim(f"3. **Matching Jacobians of attention maps helps transfer learning** ({init}; test accuracy, %, "
-              f"at+jacobian vs. at)", *_compare(transfer, f"at+jacobian ({init})", f"at ({init})", test_acc))
+
+def claims(records: Iterable[Mapping], equivalence_rows=None) -> list[str]:
+    """Markdown lines: the paper's claims (a)-(e), each with its verdict and numbers."""
+    return [c.markdown() for c in paper_claims(list(records), equivalence_rows)]
 
 
-def claims(records: Iterable[Mapping]) -> list[str]:
-    """Markdown lines: the paper's claims, each with our numbers and a plain verdict."""
-    doc = Document("")
-    _add_claims(doc, list(records))
-    return doc.markdown_lines(title=False)
+def selection_rows(records: Iterable[Mapping]) -> list[dict]:
+    """One row per selection run: the variant, the settings its grid varied (the others are left
+    blank), validation accuracy (%) and "chosen" on the best run of each variant (the first on ties)."""
+    by_variant: dict[str, list[Mapping]] = {}
+    for r in records:
+        by_variant.setdefault(variant(r), []).append(r)
+    rows = []
+    for name, recs in by_variant.items():
+        varied = [k for k in recs[0]["config"] if k not in ("extra", "seed")
+                  and len({json.dumps(r["config"].get(k), sort_keys=True) for r in recs}) > 1]
+        best = max(range(len(recs)), key=lambda i: (lookup(recs[i], "metrics.val_acc") or -1, -i))
+        for i, r in enumerate(recs):
+            rows.append({"variant": name, "searched": ", ".join(f"{k}={r['config'][k]:g}"
+                                                               if isinstance(r["config"][k], float)
+                                                               else f"{k}={r['config'][k]}" for k in varied),
+                         "validation accuracy (%)": 100 * (lookup(r, "metrics.val_acc") or 0),
+                         "chosen": "chosen" if i == best else ""})
+    return rows
 
 
 def _accuracy_plot(records: list, title: str):
@@ -435,19 +422,19 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
         doc.text("Wall time of this invocation by part (runs already in the results file are not run again): "
                  + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".")
     doc.text(recorded_time(robust + records))
+    if any(lookup(r, "config.extra.part") in ("distillation", "transfer") for r in records):
+        from . import robustness as rb
+        _add_claims(doc, records, rb.equivalence_table(robust) or None)
     titles = {"runs": "Runs", "select": "Selection (validation)", "distillation": "Distillation",
               "transfer": "Transfer"}
     for part, recs in parts.items():
         if part == "select":
-            rows = [{"variant": variant(r), **{k: lookup(r, f"config.{k}") for k in
-                                                ("jacobian_weight", "sigma", "temperature")},
-                     "val_acc": 100 * (lookup(r, "metrics.val_acc") or 0)} for r in recs]
             doc.heading("Hyper-parameters chosen on the validation split")
-            doc.table(rows)
+            doc.text("Each variant's grid at 10 images per class on a seed that no final run uses; the chosen point "
+                     "(highest validation accuracy) is marked. Only the settings a variant searched are shown.")
+            doc.table(selection_rows(recs), floatfmt=".1f")
             continue
         _section(doc, titles.get(part, part), recs)
-    if any(lookup(r, "config.extra.part") for r in records):
-        _add_claims(doc, records)
     add_robustness_section(doc, robust)
     return doc.write(out_dir, plotlyjs)
 
@@ -491,23 +478,14 @@ def method_summary(records: Iterable[Mapping], *, sigma: str = "0.1") -> list[di
     return rows
 
 
-def _spread_words(diff: float, spread: float) -> str:
-    if spread <= 0:
-        return "(no spread over seeds to compare with)"
-    ratio = abs(diff) / spread
-    if ratio >= 2:
-        return f"{ratio:.1f} times the spread over seeds: a clear difference"
-    if ratio >= 1:
-        return f"{ratio:.1f} times the spread over seeds: larger than the spread, but not by much"
-    return f"{ratio:.1f} times the spread over seeds: within the spread, so no clear difference"
-
-
 def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: str = "metrics.test_acc",
             comparisons: Sequence[tuple[str, str]] = (("kd", "ce"), ("kd+jacobian", "kd"), ("kd+jacobian", "ce")),
-            sigma: str = "0.1") -> list[str]:
-    """Plain-language sentences computed from the records: the best method, each comparison's
-    difference in points against the spread over seeds (the larger of the two methods' sample
-    std), whether the students beat ``chance``, and the ranking under input noise ``sigma``."""
+            sigma: str = "0.1", teacher_acc: float | None = None) -> list[str]:
+    """Plain-language sentences computed from the records: the best method, each comparison
+    judged by the paired rule (:func:`jkt_lab.analysis.paired_compare`: the per-seed difference,
+    its 95% t interval, shown or not), whether the students beat ``chance``, and accuracy under
+    input noise ``sigma`` (mean ± std over seeds). A ``teacher_acc`` below twice ``chance`` makes
+    it a smoke test: then no difference is judged."""
     groups = _groups(records)
     if not groups:
         raise ValueError("verdict needs at least one record")
@@ -517,7 +495,6 @@ def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: 
     if not stats:
         return [f"No {what} accuracy was recorded."]
     best = max(stats, key=lambda k: stats[k][0])
-    n_seeds = min(v[2] for v in stats.values())
     out = [f"Best student on the {what} images: **{best}**, {100 * stats[best][0]:.1f}% "
            f"(mean over {stats[best][2]} seed{'s' if stats[best][2] != 1 else ''})."]
     if chance is not None:
@@ -525,23 +502,31 @@ def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: 
         low = stats[worst][0]
         out.append(f"The weakest student, {worst}, reaches {100 * low:.1f}%: {low / chance:.1f} times chance "
                    f"({100 * chance:.0f}% for {round(1 / chance)} classes).")
-    for a, b in comparisons:
+    smoke = teacher_acc is not None and chance is not None and teacher_acc < 2 * chance
+    if smoke:
+        out.append(f"The teacher reaches only {100 * teacher_acc:.1f}% (chance {100 * chance:.0f}%): this is a smoke "
+                   "test of the pipeline, not a measurement, so no difference between students is judged.")
+    records = [r for recs in groups.values() for r in recs]
+    for a, b in comparisons if not smoke else ():
         if a not in stats or b not in stats:
             continue
-        diff = 100 * (stats[a][0] - stats[b][0])
-        if n_seeds < 2:
-            out.append(f"{a} vs. {b}: {diff:+.1f} points, from one seed (no spread measured: run more seeds).")
+        c = paired_compare(records, a, b, lambda r: lookup(r, metric), label=variant)
+        s = c.settings[0] if c.settings else None
+        if s is None:
             continue
-        spread = 100 * max(stats[a][1] or 0.0, stats[b][1] or 0.0)
-        out.append(f"{a} vs. {b}: {diff:+.1f} points; the spread over seeds is {spread:.1f} points, so the "
-                   f"difference is {_spread_words(diff, spread)}.")
-    noisy = {name: _stats((lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs)[0]
-             for name, recs in groups.items()}
-    noisy = {k: v for k, v in noisy.items() if v is not None}
+        if s.low is None:
+            out.append(f"{a} vs. {b}: {s.mean:+.1f} points, from one seed (no spread measured: run more seeds).")
+            continue
+        word = {"shown": "a difference the seeds show", "opposite": f"{b} is better, and the seeds show it",
+                "not shown": "not shown: the interval includes 0"}[s.status]
+        out.append(f"{a} vs. {b}: {s.mean:+.1f} points, 95% interval [{s.low:+.1f}, {s.high:+.1f}] over {s.n} "
+                   f"paired seeds: {word}.")
+    noisy = {name: [(lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs] for name, recs in groups.items()}
+    noisy = {k: v for k, v in noisy.items() if _stats(v)[0] is not None}
     if len(noisy) > 1:
-        order = sorted(noisy, key=lambda k: -noisy[k])
-        out.append(f"Under Gaussian input noise of sigma {sigma}: " +
-                   ", ".join(f"{k} {100 * noisy[k]:.1f}%" for k in order) + ".")
+        order = sorted(noisy, key=lambda k: -_stats(noisy[k])[0])
+        out.append(f"Under Gaussian input noise of sigma {sigma} (mean ± std over seeds): " +
+                   ", ".join(f"{k} {_pm(noisy[k])}%" for k in order) + ".")
     return out
 
 
@@ -599,7 +584,7 @@ def write_demo_report(records: Iterable[Mapping], out_dir: str | Path, *, comman
              f"({len(records)} runs: {', '.join(_groups(records))}; seeds "
              f"{', '.join(str(s) for s in sorted({c['seed'] for c in configs}))}). Chance is {100 * chance:.0f}%.")
     doc.heading("Verdict")
-    doc.items(verdict(records, chance=chance), css="verdict")
+    doc.items(verdict(records, chance=chance, teacher_acc=teacher_acc), css="verdict")
     doc.text("The setting was chosen on the validation split (benchmarks/select_demo.py); the test images "
              "were not used to choose it.")
     doc.heading("Students, mean ± std over seeds")

@@ -16,6 +16,7 @@ pipeline can stop and resume anywhere. ``quick=True`` runs the same grid at toy 
 """
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,23 +31,40 @@ __all__ = ["PARTS", "SCALES", "Scale", "PER_CLASS", "TRANSFER_PER_CLASS", "SEEDS
 
 PARTS = ("select", "distillation", "transfer")
 SEEDS = (0, 1, 2)
+SELECT_SEED = 10  # the selection runs' seed: never one of the final SEEDS (a final run is not its own selection)
 SELECT_PER_CLASS = 10
-SELECTION = {  # variant -> grid searched on the validation split
+SELECTION = {  # variant -> grid searched on the validation split (the product of its lists)
     "kd": {"temperature": [2.0, 4.0, 8.0]},
-    "kd+jacobian": {"jacobian_weight": [0.1, 1.0, 10.0]},
-    "kd+jacobian (squared)": {"jacobian_weight": [0.1, 1.0, 10.0]},
-    "kd+jacobian (random)": {"jacobian_weight": [0.1, 1.0, 10.0]},
+    # the control "is kd just under-regularised?": kd reaches 100% training accuracy at <= 10 per class
+    "kd (regularised)": {"weight_decay": [5e-4, 5e-3, 2e-2], "label_smoothing": [0.0, 0.1]},
+    "kd+jacobian": {"jacobian_weight": [1.0, 10.0, 30.0, 100.0]},
+    "kd+jacobian (squared)": {"jacobian_weight": [0.01, 0.1, 1.0, 10.0]},
+    "kd+jacobian (random)": {"jacobian_weight": [1.0, 10.0, 30.0, 100.0]},
+    "kd+jacobian_norm": {"jacobian_weight": [0.001, 0.01, 0.1, 1.0]},
+    "kd+jacobian (untrained)": {"jacobian_weight": [1.0, 10.0, 30.0, 100.0]},
+    "kd+jacobian (shuffled)": {"jacobian_weight": [1.0, 10.0, 30.0, 100.0]},
     "noise": {"sigma": [0.02, 0.05, 0.1]},
+    # transfer: beta/2 of Zagoruyko & Komodakis is 500 (losses.attention_transfer_loss); then the
+    # attention-Jacobian weight, on top of the chosen attention_weight (selected second)
+    "at": {"attention_weight": [50.0, 500.0, 5000.0]},
     "at+jacobian": {"jacobian_weight": [0.1, 1.0, 10.0]},
 }
+TRANSFER_SELECTION = ("at", "at+jacobian")   # selected on the transfer task (fine-tuned), in this order
+_NORMALISED_TOP1 = {"jacobian_kind": "normalized", "jacobian_output": "top1"}
 DISTILLATION = {  # variant -> (method, config changes)
     "ce": ("ce", {}),
     "kd": ("kd", {}),
-    "kd+jacobian": ("kd+jacobian", {"jacobian_kind": "normalized", "jacobian_output": "top1"}),
+    "kd (regularised)": ("kd", {}),
+    "kd+jacobian": ("kd+jacobian", _NORMALISED_TOP1),
     "kd+jacobian (squared)": ("kd+jacobian", {"jacobian_kind": "squared", "jacobian_output": "top1"}),
     "kd+jacobian (random)": ("kd+jacobian", {"jacobian_kind": "normalized", "jacobian_output": "random"}),
     "noise": ("noise", {"n_samples": 1}),
+    # controls (Section 4 of the [science] issue): no teacher Jacobian, an untrained network's, another example's
+    "kd+jacobian_norm": ("kd+jacobian_norm", {"jacobian_output": "top1"}),
+    "kd+jacobian (untrained)": ("kd+jacobian", {**_NORMALISED_TOP1, "jacobian_source": "untrained"}),
+    "kd+jacobian (shuffled)": ("kd+jacobian", {**_NORMALISED_TOP1, "jacobian_source": "shuffled"}),
 }
+CONTROLS = ("kd (regularised)", "kd+jacobian_norm", "kd+jacobian (untrained)", "kd+jacobian (shuffled)")
 TRANSFER = {
     "fine-tune (ce)": ("ce", "finetune"),
     "lwf": ("lwf", "finetune"),
@@ -73,6 +91,7 @@ class Scale:
     transfer_per_class: tuple
     variants: tuple[str, ...]
     transfer_teacher: dict = field(default_factory=dict)
+    select_steps: tuple[int, ...] = ()   # step budgets searched with each distillation variant's grid
 
 
 SCALES = {
@@ -89,8 +108,11 @@ SCALES = {
                              batch_size=64, lr=0.05, weight_decay=5e-4, steps=300, n_test=2000, temperature=4.0,
                              jacobian_weight=1.0, sigma=0.05, attention_weight=100.0, eval_every=100),
                  per_class=(1, 5, 10, 50, 100, 500), transfer_per_class=(5, 50),
-                 variants=("ce", "kd", "kd+jacobian", "kd+jacobian (squared)", "noise"),
-                 transfer_teacher=dict(teacher_width=24)),
+                 variants=("ce", "kd", "kd+jacobian", "kd+jacobian (squared)", "noise") + CONTROLS,
+                 transfer_teacher=dict(teacher_width=24),
+                 # 300 steps leave kd+jacobian's teacher-student cosine near kd's (0.03-0.08 vs 0.01-0.05,
+                 # the 2026-11 runs): the step budget is searched too, on validation, for every variant
+                 select_steps=(300, 1000)),
 }
 # the paper's scale (kept as module constants: the GPU grid)
 PER_CLASS = SCALES["gpu"].per_class
@@ -124,44 +146,67 @@ def _maybe_quick(configs: Iterable[Config], quick: bool) -> list[Config]:
     return list(unique.values())
 
 
-def _selected(scale: Scale) -> dict:
-    return {name: grid for name, grid in SELECTION.items() if name in scale.variants or name == "at+jacobian"}
+def _selected(scale: Scale) -> list[str]:
+    """The variants whose settings this scale chooses on validation, in selection order."""
+    return [name for name in SELECTION if name in scale.variants or name in TRANSFER_SELECTION]
 
 
-def selection_configs(base: Config, quick: bool = False, scale: str | Scale = "gpu") -> list[Config]:
-    """The validation runs: each variant's grid at ``per_class`` = 10, seed 0."""
+def _grid(name: str, scale: Scale) -> dict[str, list]:
+    """The variant's grid at this scale: its own settings, and the step budgets for distillation."""
+    if name in TRANSFER_SELECTION or not scale.select_steps:
+        return SELECTION[name]
+    return {**SELECTION[name], "steps": list(scale.select_steps)}
+
+
+def _points(grid: dict[str, list]) -> list[dict]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def selection_configs(base: Config, quick: bool = False, scale: str | Scale = "gpu",
+                      chosen: dict | None = None) -> list[Config]:
+    """The validation runs: each variant's grid at ``per_class`` = 10, seed :data:`SELECT_SEED`.
+
+    ``at+jacobian`` is searched on top of the ``attention_weight`` chosen for ``at`` (``chosen``,
+    from :func:`select`), so it appears only once ``at`` has been chosen."""
     scale = _scale(scale)
+    chosen = chosen or {}
     out = []
-    for name, grid in _selected(scale).items():
-        (key, values), = grid.items()
-        if name == "at+jacobian":
-            c0 = _variant(_transfer_base(base, scale), name, "select", method="at+jacobian", init="finetune",
-                          per_class=SELECT_PER_CLASS, seed=0)
+    for name in _selected(scale):
+        if name in TRANSFER_SELECTION:
+            method = name
+            if name == "at+jacobian":
+                if "at" not in chosen:
+                    continue
+                method_changes = _apply(chosen, "at")
+            else:
+                method_changes = {}
+            c0 = _variant(_transfer_base(base, scale), name, "select", method=method, init="finetune",
+                          per_class=SELECT_PER_CLASS, seed=SELECT_SEED, **method_changes)
         else:
             method, changes = DISTILLATION[name]
-            c0 = _variant(base, name, "select", method=method, per_class=SELECT_PER_CLASS, seed=0, **changes)
-        out += [c0.replace(**{key: v}) for v in values]
+            c0 = _variant(base, name, "select", method=method, per_class=SELECT_PER_CLASS, seed=SELECT_SEED,
+                          **changes)
+        out += [c0.replace(**point) for point in _points(_grid(name, scale))]
     return _maybe_quick(out, quick)
 
 
 def select(store: ResultStore, base: Config, quick: bool = False, scale: str | Scale = "gpu") -> dict[str, dict]:
-    """Best value per variant by validation accuracy, from the ``select`` runs in ``store``."""
+    """Best grid point per variant by validation accuracy (ties: the first in grid order), from
+    the ``select`` runs in ``store``: ``{variant: {setting: value, ..., "val_acc": accuracy}}``."""
     scale = _scale(scale)
-    chosen = {}
-    for name, grid in _selected(scale).items():
-        (key, _), = grid.items()
-        best = None
-        for c in selection_configs(base, quick, scale):
-            if c.extra.get("variant") != name:
-                continue
-            r = store.get(c.to_dict())
-            if r is None:
-                continue
-            acc = lookup(r, "metrics.val_acc")
-            if acc is not None and (best is None or acc > best[0]):
-                best = (acc, getattr(c, key))
-        if best is not None:
-            chosen[name] = {key: best[1], "val_acc": best[0]}
+    chosen: dict[str, dict] = {}
+    for _ in TRANSFER_SELECTION:  # at+jacobian's runs exist only once at is chosen
+        for name in _selected(scale):
+            best = None
+            for c in selection_configs(base, quick, scale, chosen):
+                if c.extra.get("variant") != name:
+                    continue
+                r = store.get(c.to_dict())
+                acc = None if r is None else lookup(r, "metrics.val_acc")
+                if acc is not None and (best is None or acc > best[0]):
+                    best = (acc, {k: getattr(c, k) for k in _grid(name, scale)})
+            if best is not None:
+                chosen[name] = {**best[1], "val_acc": best[0]}
     return chosen
 
 
@@ -191,7 +236,8 @@ def transfer_configs(base: Config, chosen: dict, quick: bool = False, scale: str
     tb = _transfer_base(base, scale)
     for per_class in scale.transfer_per_class:
         for name, (method, init) in TRANSFER.items():
-            extra = _apply(chosen, "at+jacobian") if method == "at+jacobian" else {}
+            extra = {"at": _apply(chosen, "at"), "at+jacobian": {**_apply(chosen, "at"), **_apply(chosen, "at+jacobian")}
+                     }.get(method, {})
             for seed in SEEDS:
                 out.append(_variant(tb, name, "transfer", method=method, init=init, per_class=per_class,
                                     seed=seed, **extra))
@@ -226,7 +272,7 @@ def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[st
                     print(f"  [{i + 1}/{len(todo)}] {c.extra.get('variant')} per_class={c.per_class} seed={c.seed}",
                           flush=True)
                 run(c, store=store, device=device, progress=progress)
-        times[name] = time.perf_counter() - t0
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
 
     for label, conf in (("teacher", base), ("transfer teacher", _transfer_base(base, scale))):
         if label == "transfer teacher" and "transfer" not in parts:
@@ -242,9 +288,11 @@ def reproduce(store: str | Path, *, dataset: str = "cifar10", parts: Iterable[st
         times[label] = time.perf_counter() - t0
         print(f"{label}: test accuracy {100 * info['metrics']['test_acc']:.2f}% "
               f"(trained in {info['wall_time_s']:.0f} s on {info['device']})", flush=True)
-    if "select" in parts:
-        batch("select", selection_configs(base, quick, scale))
     chosen = select(store, base, quick, scale)
+    if "select" in parts:
+        for _ in TRANSFER_SELECTION:  # a second round once at's attention_weight is chosen (at+jacobian's grid)
+            batch("select", selection_configs(base, quick, scale, chosen))
+            chosen = select(store, base, quick, scale)
     if chosen:
         print("chosen on the validation split: " +
               "; ".join(f"{k}: {_apply(chosen, k)}" for k in chosen), flush=True)

@@ -49,6 +49,7 @@ from .data import add_noise
 from .experiments import NOISE_SIGMAS, PROBE, get_teacher, load_data, measure, quick_config, run, trained_student
 from .jacobian import input_jacobian
 from .pretrained import shipped_for
+from .analysis.compare import paired_compare
 from .reproduce import SCALES
 from .results import ResultStore, config_hash, lookup
 from .train import resolve_device
@@ -529,10 +530,19 @@ def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bo
         versus = f" (kd: {100 * acc(here['kd']):.1f}%)" if "kd" in here and best != "kd" else ""
         out.append(f"Most robust at sigma {key} with the {teacher} teacher, per_class {pc}: {best}, "
                    f"{100 * acc(here[best]):.1f}%{versus}.")
+    students_only = [r for (_, v, _), recs in groups.items() if v != "teacher" for r in recs]
+    setting = lambda r: f"{r['config']['extra']['teacher']}/{r['config']['per_class']}"  # noqa: E731
+    label = lambda r: r["config"]["extra"]["variant"]  # noqa: E731
+    noisy = lambda r: (lookup(r, "metrics.noise_acc") or {}).get(key)  # noqa: E731
+    drop = lambda r: None if noisy(r) is None else noisy(r) - lookup(r, "metrics.test_acc")  # noqa: E731
     for variant, v in versus_kd(records, s, quick, sigma).items():
         n = v["settings"]
-        out.append(f"{variant} against kd (same teacher and per_class, {n} setting{'s' if n > 1 else ''}): "
-                   f"Jacobian norm x {v['norm_ratio']:.2f}, accuracy at sigma {key} {100 * v['gain']:+.1f} points.")
+        absolute = paired_compare(students_only, variant, "kd", noisy, label=label, setting=setting)
+        relative = paired_compare(students_only, variant, "kd", drop, label=label, setting=setting)
+        out.append(f"{variant} against kd (same teacher and per_class, {n} setting{'s' if n > 1 else ''}, "
+                   f"paired by seed): Jacobian norm x {v['norm_ratio']:.2f}; accuracy at sigma {key}: "
+                   f"{absolute.verdict} ({100 * v['gain']:+.1f} points on average); drop from clean accuracy "
+                   f"(robustness itself, a clean gain not counted): {relative.sentence(what='setting')}")
     students = [r for rs in (recs for (_, v, _), recs in groups.items() if v != "teacher") for r in rs]
     for pc in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
         pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(key))

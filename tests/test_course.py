@@ -75,7 +75,7 @@ def test_runs_table_groups_by_every_setting_that_differs():
     assert course.runs_table([]) == []
 
 
-def test_compare_against_the_spread_over_seeds():
+def test_compare_pairs_by_seed():
     recs = [record("kd+jacobian", s, a) for s, a in enumerate((0.50, 0.52, 0.54))]
     recs += [record("kd", s, a) for s, a in enumerate((0.40, 0.41, 0.42))]
     c = course.compare(recs, "kd+jacobian", "kd")
@@ -83,9 +83,13 @@ def test_compare_against_the_spread_over_seeds():
     assert c["n"] == {"kd+jacobian": 3, "kd": 3} and "+11.0 points" in c["sentence"]
     assert course.compare(recs, "kd", "kd+jacobian")["verdict"] == "behind"
     noisy = [record("a", s, v) for s, v in enumerate((0.2, 0.6, 0.4))] + [record("b", s, 0.39 + s / 100) for s in range(3)]
-    assert course.compare(noisy, "a", "b")["verdict"] == "within the spread over seeds"
+    assert course.compare(noisy, "a", "b")["verdict"] == "not shown"
+    # a small lead that every seed repeats is shown by the pairing, though it is within each spread
+    spread = [record("a", s, 0.3 + s / 10 + 0.02) for s in range(3)] + [record("b", s, 0.3 + s / 10) for s in range(3)]
+    c = course.compare(spread, "a", "b")
+    assert c["verdict"] == "ahead" and c["interval"][0] > 0 and c["std"]["a"] > c["difference"]
     one = course.compare([record("a", 0, 0.5), record("b", 0, 0.4)], "a", "b")
-    assert one["verdict"] == "one seed, no spread to compare with" and one["std"]["a"] is None
+    assert one["verdict"] == "one seed, no interval" and one["std"]["a"] is None and one["interval"] is None
     with pytest.raises(ValueError, match="'zz'"):
         course.compare(recs, "zz", "kd")
 
