@@ -542,7 +542,7 @@ def findings(records: Sequence[Mapping], s: str | Setup | None = None, quick: bo
         out.append(f"{variant} against kd (same teacher and per_class, {n} setting{'s' if n > 1 else ''}, "
                    f"paired by seed): Jacobian norm x {v['norm_ratio']:.2f}; accuracy at sigma {key}: "
                    f"{absolute.verdict} ({100 * v['gain']:+.1f} points on average); drop from clean accuracy "
-                   f"(robustness itself, a clean gain not counted): {relative.sentence(what='setting')}")
+                   f"(robustness itself, a clean gain not counted): {relative.sentence(what='teacher/per_class')}")
     students = [r for rs in (recs for (_, v, _), recs in groups.items() if v != "teacher") for r in rs]
     for pc in sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: v or 0):
         pts = [(lookup(r, "metrics.jacobian_norm"), (lookup(r, "metrics.noise_acc") or {}).get(key))

@@ -70,19 +70,21 @@ class Comparison:
     def opposite(self) -> list[Setting]:
         return [s for s in self.settings if s.status == "opposite"]
 
-    def sentence(self, unit: str = " points", digits: int = 1, what: str = "setting") -> str:
-        """The verdict with its numbers: sign count, settings shown after Holm, mean difference."""
+    def sentence(self, unit: str = " points", digits: int = 1, what: str = "") -> str:
+        """The verdict with its numbers: sign count, settings shown after Holm, mean difference.
+        ``what`` names the setting (e.g. "per_class"): "3 of 3 per_class settings", "at per_class 5"."""
+        name = f"{what} " if what else ""
         if self.verdict == "not tested":
-            return f"{self.a} vs. {self.b}: not tested (no {what} with two or more paired seeds)."
+            return f"{self.a} vs. {self.b}: not tested (no {name}setting with two or more paired seeds)."
         m = len(self.settings)
         mean = statistics.fmean(s.mean for s in self.settings)
-        parts = [f"{self.a} ahead in {self.wins} of {m} {what}s",
+        parts = [f"{self.a} ahead in {self.wins} of {m} {name}setting{'s' if m != 1 else ''}",
                  f"mean paired difference {mean:+.{digits}f}{unit}"]
+        where = lambda group: ", ".join(f"{name}{s.setting} ({s.interval(digits)})" for s in group)  # noqa: E731
         if self.shown:
-            parts.append("shown (paired t, Holm, alpha " f"{self.alpha:g}) at " +
-                         ", ".join(f"{s.setting} ({s.interval(digits)})" for s in self.shown))
+            parts.append(f"shown (paired t, Holm, alpha {self.alpha:g}) at {where(self.shown)}")
         if self.opposite:
-            parts.append("opposite at " + ", ".join(f"{s.setting} ({s.interval(digits)})" for s in self.opposite))
+            parts.append(f"opposite at {where(self.opposite)}")
         if not self.shown and not self.opposite:
             parts.append("no setting shown after Holm's correction")
         return f"{self.a} vs. {self.b}: **{self.verdict}** ({'; '.join(parts)})."
