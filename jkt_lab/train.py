@@ -248,7 +248,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
                     if not torch.isfinite(value):
                         raise NonFiniteLossError(
                             f"loss term {name!r} became {float(value)} at epoch {epoch}, step {step} "
-                            f"(method {method!r}); lower the learning rate or the term's weight")
+                            f"(method {method!r}); lower the learning rate (now {config.lr:g}) or the weight "
+                            f"of {name!r}")
                 loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
