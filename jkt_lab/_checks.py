@@ -133,7 +133,8 @@ def _dataset_name(value, name: str) -> None:
 
 def _method_name(value, name: str) -> None:
     from .methods import METHODS
-    check_choice(value, name, METHODS)
+    if value not in METHODS:
+        raise ValueError(f"unknown {name} {value!r}; valid methods: {', '.join(METHODS)}")
 
 
 NAMED_FIELDS = {"dataset": _dataset_name, "student": _model_name, "teacher": _model_name, "method": _method_name}

@@ -156,27 +156,17 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             default = f.default if f.default is not dataclasses.MISSING else None
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             flags = [f"--{name.replace('_', '-')}"] + (["--path"] if name == "data_path" else [])
-            group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, type=_option_type(name, kind),
+            group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, type=_option_type(kind),
                                metavar="I,J,..." if typing.get_origin(kind) is tuple else kind.__name__.upper(),
                                help=f"{FIELD_HELP.get(name, name.replace('_', ' '))} (default: {shown})")
 
 
-def _option_type(name: str, kind):
-    """argparse's ``type`` for Config field ``name``: the value parsed as ``kind`` (argparse names
-    the kind in its error: "invalid int value"); a dataset, model or method name is checked here,
-    so that a misspelt one is refused naming its option."""
-    from ._checks import NAMED_FIELDS
-
+def _option_type(kind):
+    """argparse's ``type`` for a Config field of type ``kind``; argparse names it in its error
+    ("invalid int value")."""
     def parse(text: str):
-        value = _parse_value(kind, text)
-        if name in NAMED_FIELDS and value is not None:
-            option = f"--{name.replace('_', '-')}"
-            try:
-                NAMED_FIELDS[name](value, option)
-            except ValueError as exc:  # argparse puts "argument --dataset: " before it
-                raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option} ")) from None
-        return value
-    parse.__name__ = getattr(kind, "__name__", "value") if typing.get_origin(kind) is not tuple else "list of int"
+        return _parse_value(kind, text)
+    parse.__name__ = "list of int" if typing.get_origin(kind) is tuple else kind.__name__
     return parse
 
 
@@ -212,9 +202,11 @@ def default_threads() -> int:
 
 
 def _config_from_args(args, base=None):
+    from ._checks import NAMED_FIELDS, check_names
     from .config import Config
     names = {f.name for f in dataclasses.fields(Config)}
     changes = {k: v for k, v in vars(args).items() if k in names}
+    check_names(changes, names={f: f"--{f}" for f in NAMED_FIELDS})  # a misspelt name names its option
     return (base or Config()).replace(**changes)
 
 
