@@ -283,7 +283,7 @@ def _unstored_record(key: str, store: ResultStore) -> dict | None:
     """The record of a run trained for ``store`` that never reached it, else None."""
     weights, meta, pending = _student_files(key)
     try:
-        if json.loads(pending.read_text()) == str(store.path) and weights.exists():
+        if json.loads(pending.read_text()) == str(store.path.resolve()) and weights.exists():
             record = json.loads(meta.read_text())
             return record if record.get("key") == key else None
     except (OSError, ValueError, AttributeError):
@@ -295,7 +295,7 @@ def _store_record(record: dict, key: str, store: ResultStore | None) -> dict:
     """Append ``record`` to ``store`` (if any) and keep it beside the student's weights."""
     _, meta, pending = _student_files(key)
     if store is not None:
-        _write_json(pending, str(store.path))
+        _write_json(pending, str(store.path.resolve()))
         record = store.append(record)
         pending.unlink()
     _write_json(meta, record)

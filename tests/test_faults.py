@@ -136,12 +136,35 @@ def test_an_unwritable_runs_folder_stops_a_run_before_training(isolated, blocked
         run(Config(**TINY), device="cpu", progress=False)
 
 
-def test_the_library_checks_the_store_before_training(isolated, blocked, no_training):
+class _ReadOnly:
+    """The ``os`` module as results.py sees it, with ``folder`` on a read-only mount (EROFS): the
+    store there can be read, not written (root ignores a chmod'ed folder; this works for root too)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def open(self, path, flags, *args):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and Path(path).resolve().is_relative_to(self.folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return os.open(path, flags, *args)
+
+
+def test_a_read_only_store_is_refused_before_training(isolated, tmp_path, monkeypatch, capsys, no_training):
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    monkeypatch.setattr(results, "os", _ReadOnly(folder.resolve()))
+    store = folder / "results.jsonl"
     with pytest.raises(OSError) as info:
-        run(Config(**TINY), store=blocked, device="cpu", progress=False)
-    assert str(blocked.parent) in str(info.value)
+        run(Config(**TINY), store=store, device="cpu", progress=False)
+    assert info.value.errno == errno.EROFS and str(folder) in str(info.value)
     with pytest.raises(OSError):
-        sweep([Config(**TINY)], blocked, device="cpu", progress=False, verbose=False)
+        sweep([Config(**TINY)], store, device="cpu", progress=False, verbose=False)
+    rc, _, err = cli_run(["distill", *TINY_ARGS, "--store", str(store), *RUN], capsys)
+    line = one_line(err)
+    assert rc == 2 and "--store" in line and "read-only" in line.lower() and str(folder) in line
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
