@@ -320,8 +320,10 @@ def _quick(args, config):
 
 def cmd_train_teacher(args) -> int:
     from .experiments import get_teacher
+    from .experiments import trains_teacher
     config = _quick(args, _config_from_args(args))
-    _check_writable()
+    if trains_teacher(config):
+        _check_writable()
     t0 = time.perf_counter()
     teacher, info = get_teacher(config, device=args.device, progress=not args.no_progress)
     if args.ship:
@@ -432,19 +434,22 @@ def cmd_demo(args) -> int:
 
 
 def demo_verdict(records, *, teacher_acc: float | None, chance: float, quick: bool) -> list[str]:
-    """The demo's verdict (:func:`jkt_lab.report.verdict`) when it can mean something; else why
-    not. A ``quick`` demo is a smoke test at toy size, and students of a teacher that is not above
-    chance (by more than 3 binomial standard errors on the test images) have nothing to learn from it."""
+    """The demo's verdict (:func:`jkt_lab.report.verdict`), first saying that it is a smoke test
+    when it cannot judge the methods: at toy size (``quick``), or when the teacher is not above
+    chance (by more than 3 binomial standard errors on the test images), so that its students have
+    nothing to learn from it."""
     from .report import verdict
-    if quick:
-        return ["Smoke test (--quick, toy size): this checks that every step runs; its numbers compare nothing. "
-                "`jkt-lab demo` without --quick gives the verdict."]
+    lines = verdict(records, chance=chance)
     n_test = max((r.get("config", {}).get("n_test") or 0 for r in records), default=0) or 1000
     if teacher_acc is None or teacher_acc <= chance + 3 * math.sqrt(chance * (1 - chance) / n_test):
         shown = "unknown" if teacher_acc is None else f"{100 * teacher_acc:.1f}%"
-        return [f"No verdict, a smoke test only: the teacher's test accuracy ({shown}) is not above chance "
-                f"({100 * chance:.0f}%), so its students have nothing to learn from it; train it longer."]
-    return verdict(records, chance=chance)
+        why = f"the teacher's test accuracy ({shown}) is not above chance ({100 * chance:.0f}%)"
+    elif quick:
+        why = "--quick runs at toy size"
+    else:
+        return lines
+    return [f"Smoke test, not a verdict: {why}, so the differences below say nothing about the methods, "
+            f"whatever they are called; `jkt-lab demo` without --quick judges them."] + lines
 
 
 def _measuring() -> str:
@@ -683,7 +688,7 @@ def _error_line(exc: BaseException) -> str:
     from .train import CheckpointError
     text = str(exc)
     cause = exc.__cause__
-    if cause is not None and str(cause) and str(cause) in text:
+    if cause is not None and "weights_only" in str(cause):  # torch's text on a file it would not unpickle
         text = text.replace(f"{type(cause).__name__}: {cause}", "damaged, or it holds more than tensors "
                                                                   "(never unpickled)")
     if isinstance(exc, CheckpointError) and "rename it" not in text:
