@@ -32,8 +32,8 @@ from .saliency import jacobian_norm, saliency_cosine
 from .train import Result, evaluate, fit, resolve_device, robustness
 
 __all__ = ["runs_dir", "resolve_data", "load_data", "needs_teacher", "trains_teacher", "teacher_files",
-           "cache_teacher", "get_teacher", "build_student", "run", "check_writable", "trained_student", "expand_grid", "sweep",
-           "load_spec", "quick_config", "measure", "NOISE_SIGMAS", "PROBE"]
+           "cache_teacher", "get_teacher", "build_student", "run", "check_writable", "trained_student", "expand_grid",
+           "sweep", "load_spec", "quick_config", "measure", "NOISE_SIGMAS", "PROBE"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
 PROBE = 256  # test images on which a run measures input Jacobians (saliency cosine, Jacobian norms)

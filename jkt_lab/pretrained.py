@@ -26,8 +26,8 @@ from .config import Config
 from .models import build_model
 from .results import config_hash
 
-__all__ = ["TEACHERS_DIR", "ShippedTeacherError", "WeightsFileError", "read_weights", "shipped_teachers", "card", "pretrained_teacher", "shipped_for",
-           "ship_teacher", "check_subset"]
+__all__ = ["TEACHERS_DIR", "ShippedTeacherError", "WeightsFileError", "read_weights", "shipped_teachers", "card",
+           "pretrained_teacher", "shipped_for", "ship_teacher", "check_subset"]
 
 TEACHERS_DIR = Path(__file__).resolve().parent / "teachers"
 CARD_FORMAT = "jkt_lab-teacher-card-1"
@@ -157,9 +157,12 @@ def shipped_for(teacher_config: Config, root: str | Path | None = None) -> str |
     for name in shipped_teachers(root):
         try:
             found = _normal(card(name, root)["config"]) == key
-        except (ShippedTeacherError, KeyError, ValueError, TypeError) as exc:  # one bad card blocks no other teacher
-            warnings.warn(f"skipped the shipped teacher card {_folder(root) / f'{name}.json'}: "
-                          f"{exc if isinstance(exc, ShippedTeacherError) else f'no valid config ({exc})'}", stacklevel=2)
+        except ShippedTeacherError as exc:  # one bad card blocks no other teacher
+            warnings.warn(f"skipped a shipped teacher: {exc}", stacklevel=2)
+            continue
+        except (KeyError, ValueError, TypeError) as exc:
+            warnings.warn(f"skipped a shipped teacher: its card {_folder(root) / f'{name}.json'} holds no valid "
+                          f"config ({exc}); {REPAIR}", stacklevel=2)
             continue
         if found:
             return name

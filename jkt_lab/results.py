@@ -8,8 +8,9 @@ reading skips with a warning. Reading keeps one record per key (the first; two p
 the same config both appended it) and says how many it left out. :meth:`ResultStore.claim` holds
 a run's key while it trains (a lock file beside the store), so a second process on the same store
 skips or waits instead of training the run again, and :meth:`ResultStore.check_writable` finds a
-read-only or full disk before a run trains, not after. This module uses the standard library only (the kill tests load it by
-file path): it converts torch/numpy values when those are already imported, without importing them.
+read-only or full disk before a run trains, not after. This module uses the standard library only
+(the kill tests load it by file path): it converts torch/numpy values when those are already
+imported, without importing them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -121,11 +123,13 @@ def _probe(folder: Path) -> None:
     """Write, fsync and remove a small file in ``folder`` (made if missing): raises the OSError
     (naming the path) of a read-only, full or missing place."""
     folder.mkdir(parents=True, exist_ok=True)
-    probe = folder / f".jkt_lab-probe-{os.getpid()}-{id(folder)}.tmp"
+    probe = folder / f".jkt_lab-probe-{os.getpid()}-{threading.get_ident()}.tmp"
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, b"\0" * 4096)  # a full disk fails here, not after hours of training
         os.fsync(fd)
+    except OSError as err:  # os.write does not name the file
+        raise OSError(err.errno, err.strerror or str(err), str(folder)) from err
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
