@@ -4,8 +4,8 @@ One experiment run = one record = one line of JSON. A record holds at least ``"c
 was run) and usually ``"metrics"`` and ``"history"``; the store adds ``"key"`` (the config's
 hash) and ``"created"``. Each line goes to disk with a single ``write`` on an ``O_APPEND`` file
 followed by ``fsync``, so a run killed mid-write leaves at most one incomplete line, which
-reading skips with a warning. Reading keeps one record per key (the first; two processes that ran
-the same config both appended it) and says how many it left out. :meth:`ResultStore.claim` holds
+reading skips with a warning. Reading keeps one record per key (the latest, as ``get`` does; two
+processes that ran the same config both appended it) and says how many it left out. :meth:`ResultStore.claim` holds
 a run's key while it trains (a lock file beside the store), so a second process on the same store
 skips or waits instead of training the run again, and :meth:`ResultStore.check_writable` finds a
 read-only or full disk before a run trains, not after. This module uses the standard library only
@@ -183,8 +183,8 @@ class ResultStore:
 
     Reading never raises on a damaged file: incomplete or corrupt lines (and lines without a
     ``config``) are skipped with a :class:`ResultStoreWarning` naming the line; ``skipped`` then
-    holds how many. :meth:`records` keeps the first record of each key; ``get``/``done``/``in``
-    see the latest record for a key.
+    holds how many. :meth:`records` and ``get``/``done``/``in`` see one record per key: the
+    latest.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -257,7 +257,8 @@ class ResultStore:
     # -- reading -----------------------------------------------------------------------
     def records(self, *, unique: bool = True) -> list[dict]:
         """All complete records, in file order; damaged lines are skipped with a warning. With
-        ``unique``, the first record of each key only (others are left out with one warning)."""
+        ``unique``, one record per key: the latest, in the place of the key's first record (the
+        others are left out, with one warning that counts them)."""
         self.skipped = 0
         try:
             raw = self.path.read_bytes()
@@ -288,15 +289,13 @@ class ResultStore:
                 continue
             out.append(record)
         if unique:
-            first = {}
-            for record in out:
-                first.setdefault(record["key"], record)
-            if len(first) < len(out):
+            latest = {record["key"]: record for record in out}
+            if len(latest) < len(out):
                 warnings.warn(
-                    f"{self.path}: left out {len(out) - len(first)} duplicate record(s) of runs recorded "
-                    f"more than once (two processes ran the same config?); the first of each is kept",
+                    f"{self.path}: left out {len(out) - len(latest)} earlier record(s) of runs recorded "
+                    f"more than once (two processes ran the same config?); the latest of each is kept",
                     ResultStoreWarning, stacklevel=2)
-                out = list(first.values())
+                out = list(latest.values())
         return out
 
     def _index(self) -> dict[str, dict]:

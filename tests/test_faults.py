@@ -233,15 +233,16 @@ def test_two_sweeps_on_one_store_train_each_run_once(isolated, tmp_path, monkeyp
 
 def test_reading_keeps_one_record_per_key_and_says_how_many_were_left_out(tmp_path):
     store = ResultStore(tmp_path / "r.jsonl")
-    for acc in (0.5, 0.6, 0.9):          # two sweeps' worth of one run, then another run
+    for acc in (0.5, 0.6, 0.9):          # three processes' worth of one run, then another run
         store.append({"config": {"method": "ce", "seed": 0}, "metrics": {"test_acc": acc}})
     store.append({"config": {"method": "ce", "seed": 1}, "metrics": {"test_acc": 0.7}})
-    with pytest.warns(ResultStoreWarning, match="2 duplicate") as caught:
+    with pytest.warns(ResultStoreWarning, match="left out 2 earlier record") as caught:
         records = store.records()
     assert len(caught) == 1                                     # warned once, with the count
-    assert [r["metrics"]["test_acc"] for r in records] == [0.5, 0.7]   # the first of each key
+    assert [r["metrics"]["test_acc"] for r in records] == [0.9, 0.7]   # the latest of each key, as get() sees
+    assert store.get({"method": "ce", "seed": 0}) == records[0]
     from jkt_lab import report    # what a report counts: one run per key
-    with pytest.warns(ResultStoreWarning, match="2 duplicate"):
+    with pytest.warns(ResultStoreWarning, match="left out 2 earlier record"):
         loaded = report._load(store.path)
     [row] = results.table(loaded, [], group_by=["config.method"], metric="metrics.test_acc")
     assert row["n"] == 2
