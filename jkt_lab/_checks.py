@@ -21,6 +21,7 @@ __all__ = [
     "check_int",
     "check_choice",
     "check_same_shape",
+    "check_names",
 ]
 
 
@@ -114,3 +115,36 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def _model_name(value, name: str) -> None:
+    from .models import MODELS, _parse_name
+    try:
+        _parse_name(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, MODELS))} or 'wrn-<depth>-<width>' "
+                         f"such as 'wrn-16-2'; got {value!r}") from None
+
+
+def _dataset_name(value, name: str) -> None:
+    from .data import DATASETS
+    check_choice(value, name, DATASETS)
+
+
+def _method_name(value, name: str) -> None:
+    from .methods import METHODS
+    if value not in METHODS:
+        raise ValueError(f"unknown {name} {value!r}; valid methods: {', '.join(METHODS)}")
+
+
+NAMED_FIELDS = {"dataset": _dataset_name, "student": _model_name, "teacher": _model_name, "method": _method_name}
+
+
+def check_names(config, prefix: str = "", *, names=None) -> None:
+    """The dataset, model (student, teacher) and method names of ``config`` (a Config or a
+    mapping of some of its fields) are ones jkt_lab knows. A misspelt name is a ``ValueError``
+    that names the field (``prefix`` + field, or ``names[field]``, e.g. ``"--dataset"``)."""
+    for field, check in NAMED_FIELDS.items():
+        value = config.get(field) if isinstance(config, dict) else getattr(config, field, None)
+        if value is not None:
+            check(value, (names or {}).get(field, f"{prefix}{field}"))

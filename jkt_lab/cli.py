@@ -4,13 +4,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
+import math
+import os
 import sys
 import time
 import types
 import typing
 from pathlib import Path
 
-__all__ = ["main", "demo_configs", "demo_base_config", "option_groups"]
+__all__ = ["main", "demo_configs", "demo_base_config", "demo_verdict", "option_groups"]
 
 EPILOG = """examples:
   jkt-lab demo                          # the main job: teacher + ce/kd/kd+jacobian students on shapes
@@ -21,7 +24,8 @@ EPILOG = """examples:
   jkt-lab reproduce --dataset cifar10   # the paper's experiments (--scale cpu: about 2 h on 2 cores)
   jkt-lab robustness --dataset shapes   # robustness to noisy inputs: students, teachers, the mechanism
 environment: JKT_LAB_DATA (datasets), JKT_LAB_CACHE (decoded caches), JKT_LAB_RUNS (teachers,
-checkpoints), JKT_LAB_QUICK=1 (tiny sizes, same code path)."""
+checkpoints), JKT_LAB_QUICK=1 (tiny sizes, same code path), JKT_LAB_SKIP_BAD_IMAGES=1 (leave out
+images that cannot be decoded)."""
 
 
 def _field_type(f: dataclasses.Field):
@@ -33,7 +37,7 @@ def _field_type(f: dataclasses.Field):
 
 
 def _parse_value(kind, text: str):
-    if text.lower() in ("none", "null", "all"):
+    if text.lower() in ("none", "null") or (text.lower() == "all" and kind is not str):  # per_class all: None
         return None
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):
@@ -152,23 +156,86 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             default = f.default if f.default is not dataclasses.MISSING else None
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             flags = [f"--{name.replace('_', '-')}"] + (["--path"] if name == "data_path" else [])
-            group.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
-                               type=lambda text, k=kind: _parse_value(k, text),
+            group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, type=_option_type(kind),
                                metavar="I,J,..." if typing.get_origin(kind) is tuple else kind.__name__.upper(),
                                help=f"{FIELD_HELP.get(name, name.replace('_', ' '))} (default: {shown})")
 
 
+def _option_type(kind):
+    """argparse's ``type`` for a Config field of type ``kind``; argparse names it in its error
+    ("invalid int value")."""
+    def parse(text: str):
+        return _parse_value(kind, text)
+    parse.__name__ = "list of int" if typing.get_origin(kind) is tuple else kind.__name__
+    return parse
+
+
+def _device(text: str) -> str:
+    """argparse's ``type`` for --device: auto, cpu, cuda, cuda:N or mps, and CUDA only where there is a GPU."""
+    import torch
+    if text != "auto":
+        try:
+            dev = torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}") from None
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r} asks for a CUDA GPU, and none is available here; "
+                                             f"use --device cpu (or auto)")
+    return text
+
+
+def _threads(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of threads >= 1, got {value}")
+    return value
+
+
+def default_threads() -> int:
+    """``--threads``' default: ``$OMP_NUM_THREADS`` when set, else the machine's cores."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return os.cpu_count() or 1
+
+
 def _config_from_args(args, base=None):
+    from ._checks import NAMED_FIELDS, check_names
     from .config import Config
     names = {f.name for f in dataclasses.fields(Config)}
     changes = {k: v for k, v in vars(args).items() if k in names}
+    check_names(changes, names={f: f"--{f}" for f in NAMED_FIELDS})  # a misspelt name names its option
     return (base or Config()).replace(**changes)
 
 
 def _common(parser):
-    parser.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
+    """The options of every command that trains."""
+    parser.add_argument("--device", default="auto", type=_device, help="auto (GPU when present), cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, same code path (also JKT_LAB_QUICK=1)")
     parser.add_argument("--no-progress", action="store_true", help="silence progress bars")
+    parser.add_argument("--threads", type=_threads, default=None, metavar="N",
+                        help="CPU threads for torch (default: $OMP_NUM_THREADS if set, else the machine's cores; "
+                             "on a machine shared with other jobs, fewer can be much faster)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out images of an ImageFolder that cannot be decoded, with a warning, instead "
+                             "of stopping (also JKT_LAB_SKIP_BAD_IMAGES=1)")
+
+
+def _check_writable(store=None, option: str = "--store") -> None:
+    """Stop before the first run when ``store`` (if given) cannot be appended to or the runs
+    folder cannot be written: a read-only or full disk found now, not after hours of training."""
+    from .experiments import check_writable, runs_dir
+    try:
+        check_writable(store)
+    except OSError as exc:
+        failed, runs = Path(exc.filename or ""), runs_dir()
+        why = f"{exc.strerror or exc} ({failed})"
+        if store is not None and not (failed == runs or runs in failed.parents):
+            raise ValueError(f"{option} {store} cannot be appended to: {why}; choose a writable place") from None
+        raise ValueError(f"the runs folder {runs} (JKT_LAB_RUNS) cannot be written: {why}; "
+                         f"set JKT_LAB_RUNS to a writable folder") from None
 
 
 def _executor_options(parser):
@@ -246,9 +313,17 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def _quick(args, config):
+    from .experiments import quick_config
+    return quick_config(config) if args.quick else config
+
+
 def cmd_train_teacher(args) -> int:
     from .experiments import get_teacher
-    config = _config_from_args(args)
+    from .experiments import trains_teacher
+    config = _quick(args, _config_from_args(args))
+    if trains_teacher(config):
+        _check_writable()
     t0 = time.perf_counter()
     teacher, info = get_teacher(config, device=args.device, progress=not args.no_progress)
     if args.ship:
@@ -267,7 +342,8 @@ def cmd_train_teacher(args) -> int:
 
 def cmd_distill(args) -> int:
     from .experiments import run
-    config = _config_from_args(args)
+    config = _quick(args, _config_from_args(args))
+    _check_writable(args.store)
     record = run(config, store=args.store, device=args.device, progress=not args.no_progress)
     m = record["metrics"]
     print(f"{config.method} student, per_class={config.per_class}, seed={config.seed}: "
@@ -282,9 +358,9 @@ def cmd_sweep(args) -> int:
     from .experiments import load_spec, sweep
     configs = load_spec(args.spec)
     if args.quick:
-        from .experiments import quick_config
         from .results import config_hash
-        configs = list({config_hash(q.to_dict()): q for q in map(quick_config, configs)}.values())
+        configs = list({config_hash(q.to_dict()): q for q in (_quick(args, c) for c in configs)}.values())
+    _check_writable(args.store)
     print(f"{len(configs)} runs in {args.spec}; results -> {args.store}")
     with _executor(args) as executor:
         if executor is None:
@@ -295,7 +371,16 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import warnings
     from .report import write_report
+    from .results import ResultStore
+    store = ResultStore(args.results)
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        readable = store.records(unique=False)
+    if store.path.is_file() and not readable and store.skipped:
+        raise ValueError(f"results file {store.path} has no readable line: all {store.skipped} skipped (the first: "
+                         f"{str(skipped[0].message).split(': ', 1)[-1]})")
     paths = write_report(args.results, args.out, title=args.title, plotlyjs=args.plotlyjs)
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -309,11 +394,11 @@ def _plain(text: str) -> str:
 def cmd_demo(args) -> int:
     import shlex
     from .experiments import get_teacher, run
-    from .report import method_summary, verdict, write_demo_report
+    from .report import method_summary, write_demo_report
     from .results import ResultStore, to_markdown
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.jsonl")
+    _check_writable(store.path, "--out")
     configs = demo_configs(args.quick)
     base = configs[0]
     progress = not args.no_progress
@@ -331,7 +416,7 @@ def cmd_demo(args) -> int:
     print(f"\nstudents, mean ± std over seeds {', '.join(map(str, DEMO_SEEDS))} "
           f"(validation: images held out of the training set; test: {base.n_test} images):\n")
     print(to_markdown(method_summary(records)))
-    lines = verdict(records, chance=chance)
+    lines = demo_verdict(records, teacher_acc=info["metrics"]["test_acc"], chance=chance, quick=args.quick)
     print("verdict:\n" + "\n".join(f"  - {_plain(line)}" for line in lines))
     report = out / "report.html"
     next_steps = [f"Open the report in a browser (it works offline): {report}",
@@ -346,6 +431,25 @@ def cmd_demo(args) -> int:
           f"{time.perf_counter() - t0 - elapsed:.0f} s -> {paths['html']}")
     print("next steps:\n" + "\n".join(f"  {i}. {_plain(line)}" for i, line in enumerate(next_steps, 1)))
     return 0
+
+
+def demo_verdict(records, *, teacher_acc: float | None, chance: float, quick: bool) -> list[str]:
+    """The demo's verdict (:func:`jkt_lab.report.verdict`), first saying that it is a smoke test
+    when it cannot judge the methods: at toy size (``quick``), or when the teacher is not above
+    chance (by more than 3 binomial standard errors on the test images), so that its students have
+    nothing to learn from it."""
+    from .report import verdict
+    lines = verdict(records, chance=chance)
+    n_test = max((r.get("config", {}).get("n_test") or 0 for r in records), default=0) or 1000
+    if teacher_acc is None or teacher_acc <= chance + 3 * math.sqrt(chance * (1 - chance) / n_test):
+        shown = "unknown" if teacher_acc is None else f"{100 * teacher_acc:.1f}%"
+        why = f"the teacher's test accuracy ({shown}) is not above chance ({100 * chance:.0f}%)"
+    elif quick:
+        why = "--quick runs at toy size"
+    else:
+        return lines
+    return [f"Smoke test, not a verdict: {why}, so the differences below say nothing about the methods, "
+            f"whatever they are called; `jkt-lab demo` without --quick judges them."] + lines
 
 
 def _measuring() -> str:
@@ -390,6 +494,7 @@ def cmd_reproduce(args) -> int:
             scale = "gpu" if gpu else "cpu"
         if args.estimate:
             return _estimate_reproduce(args, scale)
+        _check_writable(args.store)
         print(f"reproduce: {args.dataset} at {scale} scale" + (" (quick, toy size)" if args.quick else ""), flush=True)
         times = reproduce(args.store, dataset=args.dataset, parts=parts, quick=args.quick, device=args.device,
                           progress=not args.no_progress, scale=scale, executor=executor)
@@ -403,6 +508,7 @@ def cmd_reproduce(args) -> int:
 def cmd_prepare_course(args) -> int:
     from .course import prepare
     from .experiments import runs_dir
+    _check_writable()  # the course's store and its students live in the runs folder
     t0 = time.perf_counter()
     rows = prepare(quick=args.quick, device=args.device, progress=not args.no_progress)
     from .results import to_markdown
@@ -430,6 +536,7 @@ def cmd_robustness(args) -> int:
         print(f"{est['runs']} runs to go: {est['wall_s'] / 60:.0f} min of wall time here at the current load; "
               f"{est['cpu_s'] / 60:.0f} min of CPU time (at most that long on a quiet machine with these cores)")
         return 0
+    _check_writable(args.store)
     print(f"robustness experiment on {args.dataset}" + (" (quick, toy size)" if args.quick else "")
           + f": parts {', '.join(parts)} -> {args.store}", flush=True)
     times = rb.robustness_experiment(store, s, parts=parts, quick=args.quick, device=args.device,
@@ -535,18 +642,65 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(args, "quick"):
         from .config import quick_mode
         args.quick = args.quick or quick_mode()
+    import warnings
+
+    import torch
+
     from . import progress
+    from .data.files import SKIP_BAD_IMAGES
+    from .pretrained import ShippedTeacherError
+    from .train import CheckpointError, NonFiniteLossError
     progress.set_enabled(not getattr(args, "no_progress", False))  # every bar, decoding bars included
+    threads, skip = torch.get_num_threads(), os.environ.get(SKIP_BAD_IMAGES)
+    if "threads" in args:
+        torch.set_num_threads(args.threads or default_threads())
+    if getattr(args, "skip_bad_images", False):
+        os.environ[SKIP_BAD_IMAGES] = "1"
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as exc:
-        print(f"jkt-lab {args.command}: error: {exc}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's, on damaged files
+            warnings.showwarning = _warning_line
+            return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError, ModuleNotFoundError, NonFiniteLossError, ShippedTeacherError,
+            CheckpointError) as exc:
+        print(f"jkt-lab {args.command}: error: {_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished runs are saved", file=sys.stderr)
         return 130
     finally:
         progress.set_enabled(True)
+        torch.set_num_threads(threads)
+        if skip is None:
+            os.environ.pop(SKIP_BAD_IMAGES, None)
+        else:
+            os.environ[SKIP_BAD_IMAGES] = skip
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"jkt-lab: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for the error that stopped a command: the file an OSError concerns and what to do
+    about a full or read-only disk; torch's own text about a damaged file (with its advice to
+    load untrusted files with weights_only=False) never shown."""
+    from .train import CheckpointError
+    text = str(exc)
+    cause = exc.__cause__
+    if cause is not None and "weights_only" in str(cause):  # torch's text on a file it would not unpickle
+        text = text.replace(f"{type(cause).__name__}: {cause}", "damaged, or it holds more than tensors "
+                                                                  "(never unpickled)")
+    if isinstance(exc, CheckpointError) and "rename it" not in text:
+        text += " Delete it to start that training again."
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        text = f"{exc.strerror}: {exc.filename}"
+        if exc.errno == errno.ENOSPC:
+            text += ("; free some space and run the command again: finished runs are kept, and a trained "
+                     "student whose record could not be written is recorded then without training it again")
+        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            text += "; choose a writable place (--store, --out, JKT_LAB_RUNS)"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ and a sweep skips every config already in the store.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import os
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -19,17 +22,18 @@ import torch
 from torch import nn
 
 from . import data as data_mod
+from ._checks import check_names
 from .config import Config
 from .methods import get_method
 from .models import MultiHead, build_model, replace_head
-from .pretrained import pretrained_teacher, shipped_for
-from .results import ResultStore, config_hash, make_record
+from .pretrained import WeightsFileError, pretrained_teacher, read_weights, shipped_for
+from .results import ResultStore, check_folder, config_hash, file_lock, make_record
 from .saliency import jacobian_norm, saliency_cosine
 from .train import Result, evaluate, fit, resolve_device, robustness
 
 __all__ = ["runs_dir", "resolve_data", "load_data", "needs_teacher", "trains_teacher", "teacher_files",
-           "cache_teacher", "get_teacher", "build_student", "run", "trained_student", "expand_grid", "sweep",
-           "load_spec", "quick_config", "measure", "NOISE_SIGMAS", "PROBE"]
+           "cache_teacher", "get_teacher", "build_student", "run", "check_writable", "trained_student", "expand_grid",
+           "sweep", "load_spec", "quick_config", "measure", "NOISE_SIGMAS", "PROBE"]
 
 NOISE_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
 PROBE = 256  # test images on which a run measures input Jacobians (saliency cosine, Jacobian norms)
@@ -126,9 +130,7 @@ def cache_teacher(config: Config, state_dict: Mapping[str, torch.Tensor], info: 
     if weights.exists() and meta.exists():
         return
     _save_weights(state_dict, weights)
-    tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, meta)
+    _write_json(meta, info)
 
 
 def get_teacher(config: Config, *, device="auto", progress: bool = True, root: Path | None = None,
@@ -161,21 +163,49 @@ def get_teacher(config: Config, *, device="auto", progress: bool = True, root: P
                               width=tconf.student_width, pretrained=True, seed=tconf.seed)
     else:
         teacher = _model(tconf.student, tconf.student_width, data.num_classes, data, tconf.seed)
-    if weights.exists() and meta.exists():
-        teacher.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        info = json.loads(meta.read_text())
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
-                     checkpoint=folder / f"{key}.ckpt", callback=callback, desc=f"teacher {tconf.student} on {data.name}")
-        _save_weights(teacher, weights)
-        info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
-                "wall_time_s": result.wall_time_s, "device": result.device}
-        meta.write_text(json.dumps(info))
-        (folder / f"{key}.ckpt").unlink(missing_ok=True)
-        (folder / f"{key}.ckpt.prev").unlink(missing_ok=True)
+    cached = _read_cached(weights, meta, "teacher")
+    if cached is None:
+        with file_lock(folder / f"{key}.lock"):  # two processes asking for one teacher: one trains it, one waits
+            cached = _read_cached(weights, meta, "teacher")  # trained by the other meanwhile?
+            if cached is None:
+                cached = _train_teacher(teacher, data, tconf, key, folder, device, progress, callback)
+    state, info = cached
+    teacher.load_state_dict(state)
     teacher.eval()
     return teacher.to(resolve_device(device)), info
+
+
+def _train_teacher(teacher, data, tconf, key, folder, device, progress, callback) -> tuple[dict, dict]:
+    """Train ``teacher`` and cache it as ``key`` in ``folder``; returns its state dict and info."""
+    result = fit(teacher, "ce", data, config=tconf, device=device, progress=progress,
+                 checkpoint=folder / f"{key}.ckpt", callback=callback, desc=f"teacher {tconf.student} on {data.name}")
+    info = {"key": key, "config": tconf.to_dict(), "metrics": result.metrics, "history": result.history,
+            "wall_time_s": result.wall_time_s, "device": result.device}
+    _save_weights(teacher, folder / f"{key}.pt")
+    _write_json(folder / f"{key}.json", info)
+    (folder / f"{key}.ckpt").unlink(missing_ok=True)
+    (folder / f"{key}.ckpt.prev").unlink(missing_ok=True)
+    return teacher.state_dict(), info
+
+
+def _read_cached(weights: Path, meta: Path, what: str) -> tuple[dict, dict] | None:
+    """A cache entry of the runs directory (weights and their JSON), or None when it is not
+    there. An unreadable one (cut by a kill mid-write, or a file that is not plain weights, which
+    is never unpickled) is named in a warning and removed, so that it is made again."""
+    if not (weights.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+        return read_weights(weights), info
+    except (OSError, ValueError) as exc:  # WeightsFileError is a ValueError
+        damaged = exc if isinstance(exc, WeightsFileError) else f"file {meta} is unreadable ({exc})"
+        warnings.warn(f"the cached {what}'s {damaged}; it is made again", stacklevel=3)
+        for path in (weights, meta):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return None
 
 
 def build_student(config: Config, data: data_mod.Data, teacher: nn.Module | None) -> nn.Module:
@@ -197,7 +227,7 @@ def build_student(config: Config, data: data_mod.Data, teacher: nn.Module | None
 
 def run(config: Config, *, store: ResultStore | str | Path | None = None, device="auto", progress: bool = True,
         callback: Callable[[dict], None] | None = None, noise_sigmas: Iterable[float] = NOISE_SIGMAS,
-        val_noise_sigmas: Iterable[float] = (), skip_done: bool = True) -> dict:
+        val_noise_sigmas: Iterable[float] = (), skip_done: bool = True, wait: bool = True) -> dict | None:
     """Run one config end to end and return its record (also appended to ``store``, if given).
 
     The record's metrics hold test/val/train accuracy, accuracy under Gaussian input noise at
@@ -206,6 +236,11 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     :data:`PROBE` test images (``jacobian_norm``, :func:`~jkt_lab.saliency.jacobian_norm`), and
     with a teacher of the same outputs the teacher-student saliency cosine, the teacher's
     Jacobian norm on the same images (``teacher_jacobian_norm``) and its test accuracy.
+
+    Before training, the store and the runs directory must be writable (:func:`check_writable`),
+    and the run's key is claimed in the store, so that a second process skips or waits for it.
+    With ``wait=False``, a run that another process is training now (its key claimed in the same
+    store: :meth:`~jkt_lab.results.ResultStore.claim`) is left to it and None is returned.
     """
     if not isinstance(config, Config):
         raise TypeError(f"config must be a jkt_lab.Config, got {type(config).__name__}")
@@ -215,6 +250,59 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
         store = ResultStore(store)
     if store is not None and skip_done and store.done(config.to_dict()):
         return store.get(config.to_dict())
+    key = config_hash(config.to_dict())
+    check_writable(store)  # a read-only or full disk stops the run before it trains
+    with (store.claim(key, wait=wait) if store is not None else contextlib.nullcontext(True)) as mine:
+        if not mine:
+            return None
+        if store is not None and skip_done and store.done(config.to_dict()):
+            return store.get(config.to_dict())  # another process ran it while this one waited
+        saved = _unstored_record(key, store) if store is not None and skip_done else None
+        if saved is not None:  # trained for this store, its record not stored then (a full disk): record it now
+            return _store_record(saved, key, store)
+        return _run(config, method, key, store, device, progress, callback, noise_sigmas, val_noise_sigmas)
+
+
+def check_writable(store: ResultStore | str | Path | None = None) -> None:
+    """Raise ``OSError`` (its ``filename`` the path that failed) unless ``store`` (if given) can
+    be appended to and the runs directory written (:meth:`ResultStore.check_writable`)."""
+    if store is None:
+        check_folder(runs_dir())
+    else:
+        (ResultStore(store) if isinstance(store, (str, Path)) else store).check_writable(runs_dir())
+
+
+def _student_files(key: str) -> tuple[Path, Path, Path]:
+    """Where a trained student's weights and record are kept in the runs directory, and the
+    marker (``.pending``: the store it was trained for) that is there until the store has the record."""
+    folder = runs_dir() / "students"
+    return folder / f"{key}.pt", folder / f"{key}.json", folder / f"{key}.pending"
+
+
+def _unstored_record(key: str, store: ResultStore) -> dict | None:
+    """The record of a run trained for ``store`` that never reached it, else None."""
+    weights, meta, pending = _student_files(key)
+    try:
+        if json.loads(pending.read_text()) == str(store.path.resolve()) and weights.exists():
+            record = json.loads(meta.read_text())
+            return record if record.get("key") == key else None
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def _store_record(record: dict, key: str, store: ResultStore | None) -> dict:
+    """Append ``record`` to ``store`` (if any) and keep it beside the student's weights."""
+    _, meta, pending = _student_files(key)
+    if store is not None:
+        _write_json(pending, str(store.path.resolve()))
+        record = store.append(record)
+        pending.unlink()
+    _write_json(meta, record)
+    return record
+
+
+def _run(config, method, key, store, device, progress, callback, noise_sigmas, val_noise_sigmas) -> dict:
     t0 = time.perf_counter()
     data = load_data(config, classes=config.classes, per_class=config.per_class)
     teacher, tinfo = None, None
@@ -225,7 +313,6 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
                 f"teacher has {teacher.num_classes} outputs but the student's data has {data.num_classes} classes: "
                 f"method {config.method!r} matches outputs; use the same classes, or a transfer method (at, at+jacobian, lwf)")
     student = build_student(config, data, teacher)
-    key = config_hash(config.to_dict())
     result: Result = fit(student, config.method, data, teacher=teacher if method.needs_teacher else None,
                          config=config, device=device, progress=progress, callback=callback)
     metrics = {**result.metrics, **measure(student, data.to(result.device), teacher, noise_sigmas=noise_sigmas,
@@ -233,11 +320,12 @@ def run(config: Config, *, store: ResultStore | str | Path | None = None, device
     record = make_record(config.to_dict(), metrics, history=result.history, wall_time_s=time.perf_counter() - t0,
                          device=result.device, extra={"teacher_key": tinfo["key"] if tinfo else None,
                                                       "train_wall_time_s": result.wall_time_s})
-    if store is not None:
-        record = store.append(record)
-    _save_weights(student, runs_dir() / "students" / f"{key}.pt")
-    (runs_dir() / "students" / f"{key}.json").write_text(json.dumps(record))
-    return record
+    record = {"key": key, **record}
+    # the weights and the record beside them first: a store that fails now (a full disk) loses no training
+    weights, meta, _ = _student_files(key)
+    _save_weights(student, weights)
+    _write_json(meta, record)
+    return _store_record(record, key, store)
 
 
 def measure(model: nn.Module, data: data_mod.Data, teacher: nn.Module | None = None, *,
@@ -260,13 +348,30 @@ def measure(model: nn.Module, data: data_mod.Data, teacher: nn.Module | None = N
     return metrics
 
 
-def _save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: Path) -> None:
-    """Write a model's (or a state dict's) weights atomically; concurrent writers do not collide."""
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file of its own beside ``path``, then rename it to ``path``: a
+    kill mid-write leaves no cut file at ``path``, and concurrent writers do not collide."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write a model's (or a state dict's) weights atomically (:func:`_atomic`)."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp))
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write a JSON file of the runs directory atomically (:func:`_atomic`)."""
+    _atomic(path, lambda tmp: tmp.write_text(json.dumps(obj)))
 
 
 def trained_student(config: Config, *, store: ResultStore | str | Path | None = None, device="auto",
@@ -274,17 +379,17 @@ def trained_student(config: Config, *, store: ResultStore | str | Path | None = 
     """The trained student of ``config`` and its record: loaded from the runs directory when this
     config was run before (and its record is in ``store``, if given), else trained now."""
     config = resolve_data(config)
-    key = config_hash(config.to_dict())
-    weights, meta = runs_dir() / "students" / f"{key}.pt", runs_dir() / "students" / f"{key}.json"
+    weights, meta, _ = _student_files(config_hash(config.to_dict()))
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
-    if weights.exists() and meta.exists() and (store is None or store.done(config.to_dict())):
-        record = json.loads(meta.read_text())
-    else:
+    cached = _read_cached(weights, meta, "student") if store is None or store.done(config.to_dict()) else None
+    if cached is None:
         record = run(config, store=store, device=device, progress=progress, skip_done=False)
+        cached = read_weights(weights), record
+    state, record = cached
     data = load_data(config, classes=config.classes)
     teacher = get_teacher(config, device="cpu", progress=progress)[0] if config.init == "finetune" else None
     student = build_student(config, data, teacher)
-    student.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    student.load_state_dict(state)
     return student.eval().to(resolve_device(device)), record
 
 
@@ -320,18 +425,28 @@ def sweep(configs: Iterable[Config], store: ResultStore | str | Path, *, device=
     """Run each config not yet in ``store`` (resumable: finished runs are skipped); ``verbose``
     prints one line per run, ``progress`` shows progress bars."""
     store = ResultStore(store) if isinstance(store, (str, Path)) else store
-    records = []
-    configs = [resolve_data(c) for c in configs]  # every data path checked before the first run
-    for i, config in enumerate(configs):
-        done = store.done(config.to_dict())
-        if verbose:
-            state = "done, skipped" if done else "running"
-            print(f"[{i + 1}/{len(configs)}] {config.method} per_class={config.per_class} seed={config.seed}: {state}",
-                  flush=True)
-        record = run(config, store=store, device=device, progress=progress)
-        records.append(record)
-        if on_record is not None:
-            on_record(record)
+    configs = list(configs)
+    for i, config in enumerate(configs):  # every name and data path checked before the first run
+        check_names(config, f"run {i + 1} of {len(configs)}: ")
+    configs = [resolve_data(c) for c in configs]
+    check_writable(store)
+    records: list[dict | None] = [None] * len(configs)
+    # Runs another process on the same store is training are left for last, then waited for.
+    for wait in (False, True):
+        for i, config in enumerate(configs):
+            if records[i] is not None:
+                continue
+            done = store.done(config.to_dict())
+            if verbose and not (wait and done):
+                state = "done, skipped" if done else "running"
+                print(f"[{i + 1}/{len(configs)}] {config.method} per_class={config.per_class} seed={config.seed}: "
+                      f"{state}", flush=True)
+            records[i] = run(config, store=store, device=device, progress=progress, wait=wait)
+            if records[i] is None:
+                if verbose:
+                    print(f"[{i + 1}/{len(configs)}] another process is running it; back to it at the end", flush=True)
+            elif on_record is not None:
+                on_record(records[i])
     return records
 
 
@@ -366,5 +481,11 @@ def load_spec(path: str | Path) -> list[Config]:
             base["data_path"] = from_spec(base["data_path"])
         if isinstance(grid.get("data_path"), list):
             grid["data_path"] = [from_spec(p) for p in grid["data_path"]]
-        configs += expand_grid(Config.from_dict(base), grid)
+        try:
+            for field, values in [*((k, [v]) for k, v in base.items()), *grid.items()]:
+                for value in values if isinstance(values, list) else [values]:
+                    check_names({field: value})
+            configs += expand_grid(Config.from_dict(base), grid)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
     return configs

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,15 +26,45 @@ from .config import Config
 from .models import build_model
 from .results import config_hash
 
-__all__ = ["TEACHERS_DIR", "ShippedTeacherError", "shipped_teachers", "card", "pretrained_teacher", "shipped_for",
-           "ship_teacher", "check_subset"]
+__all__ = ["TEACHERS_DIR", "ShippedTeacherError", "WeightsFileError", "read_weights", "shipped_teachers", "card",
+           "pretrained_teacher", "shipped_for", "ship_teacher", "check_subset"]
 
 TEACHERS_DIR = Path(__file__).resolve().parent / "teachers"
 CARD_FORMAT = "jkt_lab-teacher-card-1"
+REPAIR = "reinstall the package (pip install --force-reinstall jkt_lab, or git checkout jkt_lab/teachers in a clone)"
 
 
 class ShippedTeacherError(RuntimeError):
     """A shipped teacher's files are missing, corrupt, or do not fit what was asked of it."""
+
+
+class WeightsFileError(ValueError):
+    """A file that should hold a model's weights is empty, cut short, or holds something else."""
+
+
+def read_weights(path: str | Path) -> dict:
+    """The state dict in the weights file ``path`` (``torch.load`` with ``weights_only=True``:
+    tensors only, nothing else is ever unpickled). A damaged or foreign file is a
+    :class:`WeightsFileError` that names it in one line (torch's own message, with its advice to
+    load untrusted files with ``weights_only=False``, is never passed on)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises several types for damaged files
+        if isinstance(exc, EOFError) or path.stat().st_size == 0:
+            why = "is empty or cut short"
+        elif isinstance(exc, pickle.UnpicklingError):
+            why = "is damaged or holds more than tensors (it was not unpickled)"
+        else:
+            why = f"is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        raise WeightsFileError(f"weights file {path} {why}") from None
+    if not isinstance(state, dict):
+        raise WeightsFileError(f"weights file {path} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def _folder(root: str | Path | None) -> Path:
@@ -53,10 +85,11 @@ def card(name: str, root: str | Path | None = None) -> dict:
         raise ValueError(f"no shipped teacher named {name!r}; shipped teachers: {', '.join(shipped_teachers(root)) or 'none'}")
     try:
         info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ShippedTeacherError(f"teacher card {path} is unreadable ({exc})") from exc
+    except (OSError, ValueError) as exc:
+        raise ShippedTeacherError(f"teacher card {path} is unreadable ({exc}); {REPAIR}") from exc
     if not isinstance(info, dict) or info.get("format") != CARD_FORMAT:
-        raise ShippedTeacherError(f"teacher card {path} is not a jkt_lab teacher card (format {CARD_FORMAT!r})")
+        raise ShippedTeacherError(f"teacher card {path} is not a jkt_lab teacher card (format {CARD_FORMAT!r}); "
+                                  f"{REPAIR}")
     return info
 
 
@@ -84,16 +117,15 @@ def pretrained_teacher(name: str, *, data=None, device: str | torch.device = "cp
     info = card(name, root)
     path = _folder(root) / f"{name}.pt"
     if not path.is_file():
-        raise ShippedTeacherError(f"weights file {path} of shipped teacher {name!r} is missing")
+        raise ShippedTeacherError(f"weights file {path} of shipped teacher {name!r} is missing; {REPAIR}")
     digest = _sha256(path)
     if digest != info["sha256"]:
         raise ShippedTeacherError(f"weights file {path} does not match its card: sha256 {digest[:16]}..., "
-                                  f"card {info['sha256'][:16]}...; reinstall the package or remake it with: "
-                                  f"{info['command']}")
+                                  f"card {info['sha256'][:16]}...; {REPAIR}, or remake it with: {info['command']}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise ShippedTeacherError(f"weights file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+        state = read_weights(path)
+    except WeightsFileError as exc:
+        raise ShippedTeacherError(f"{exc}; {REPAIR}") from None
     if data is not None:
         check_subset(info, data)
     model = _build(info)
@@ -123,7 +155,16 @@ def shipped_for(teacher_config: Config, root: str | Path | None = None) -> str |
     """Name of the shipped teacher trained with exactly ``teacher_config``, else None."""
     key = config_hash(teacher_config.to_dict())
     for name in shipped_teachers(root):
-        if _normal(card(name, root)["config"]) == key:
+        try:
+            found = _normal(card(name, root)["config"]) == key
+        except ShippedTeacherError as exc:  # one bad card blocks no other teacher
+            warnings.warn(f"skipped a shipped teacher: {exc}", stacklevel=2)
+            continue
+        except (KeyError, ValueError, TypeError) as exc:
+            warnings.warn(f"skipped a shipped teacher: its card {_folder(root) / f'{name}.json'} holds no valid "
+                          f"config ({exc}); {REPAIR}", stacklevel=2)
+            continue
+        if found:
             return name
     return None
 

@@ -4,13 +4,20 @@ One experiment run = one record = one line of JSON. A record holds at least ``"c
 was run) and usually ``"metrics"`` and ``"history"``; the store adds ``"key"`` (the config's
 hash) and ``"created"``. Each line goes to disk with a single ``write`` on an ``O_APPEND`` file
 followed by ``fsync``, so a run killed mid-write leaves at most one incomplete line, which
-reading skips with a warning. This module uses the standard library only (the kill tests load it by
-file path): it converts torch/numpy values when those are already imported, without importing them.
+reading skips with a warning. Reading keeps one record per key (the latest, as ``get`` does; two
+processes that ran the same config both appended it) and says how many it left out. :meth:`ResultStore.claim` holds
+a run's key while it trains (a lock file beside the store), so a second process on the same store
+skips or waits instead of training the run again, and :meth:`ResultStore.check_writable` finds a
+read-only or full disk before a run trains, not after. This module uses the standard library only
+(the kill tests load it by file path): it converts torch/numpy values when those are already
+imported, without importing them.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -18,15 +25,23 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from numbers import Integral, Real
 from pathlib import Path, PurePath
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent processes are not kept apart there
+    fcntl = None
+
 __all__ = [
     "ResultStore",
     "ResultStoreWarning",
+    "check_folder",
+    "file_lock",
     "config_hash",
     "to_jsonable",
     "make_record",
@@ -101,21 +116,82 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------- writable places, locks
+
+
+def _probe(folder: Path) -> None:
+    """Write, fsync and remove a small file in ``folder`` (made if missing): raises the OSError
+    (naming the path) of a read-only, full or missing place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".jkt_lab-probe-{os.getpid()}-{threading.get_ident()}.tmp"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"\0" * 4096)  # a full disk fails here, not after hours of training
+        os.fsync(fd)
+    except OSError as err:  # os.write does not name the file
+        raise OSError(err.errno, err.strerror or str(err), str(folder)) from err
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """Raise ``OSError`` (its ``filename`` the path that failed) unless a file can be written in
+    ``folder`` (made if missing)."""
+    _probe(Path(folder))
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, wait: bool = True):
+    """Hold an exclusive lock (``flock``) on the file ``path`` (made if missing) for the ``with``
+    block; yields True, or False at once when ``wait`` is False and another process (or thread)
+    holds it. The file is removed when released; without ``fcntl`` (Windows) no lock is taken."""
+    if fcntl is None:
+        yield True
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            break
+        try:  # the previous holder removed the file on release: lock the one that is there now
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                os.close(fd)
+            return
+        os.close(fd)
+    yield False
+
+
 # --------------------------------------------------------------------------- the store
 
 
 class ResultStore:
     """Append-only JSON-lines file of run records, looked up by config hash (``"key"``).
 
-    Reading never raises on a damaged file: incomplete or corrupt lines are skipped with a
-    :class:`ResultStoreWarning` naming the line. ``get``/``done``/``in`` see the latest record
-    for a key.
+    Reading never raises on a damaged file: incomplete or corrupt lines (and lines without a
+    ``config``) are skipped with a :class:`ResultStoreWarning` naming the line; ``skipped`` then
+    holds how many. :meth:`records` and ``get``/``done``/``in`` see one record per key: the
+    latest.
     """
 
     def __init__(self, path: str | os.PathLike):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
         self.path = Path(path)
+        self.skipped = 0  # lines the last read skipped
         self._cache: tuple[tuple, dict[str, dict]] | None = None
 
     def __repr__(self) -> str:
@@ -139,23 +215,51 @@ class ResultStore:
         stored = {"key": key, "created": created, **{k: v for k, v in body.items() if k not in ("key", "created")}}
         data = (json.dumps(stored, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode("utf-8")
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # close a line left incomplete by a killed writer
-            written = os.write(fd, data)
-            while written < len(data):  # rare short write: finish the same line
-                written += os.write(fd, data[written:])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    data = b"\n" + data  # close a line left incomplete by a killed writer
+                written = os.write(fd, data)
+                while written < len(data):  # rare short write: finish the same line
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:  # a full or read-only disk: say which file (os.write does not)
+            raise OSError(err.errno, err.strerror or str(err), str(self.path)) from err
         return stored
 
+    @property
+    def locks(self) -> Path:
+        """The folder of the lock files that claim run keys: ``.<store name>.locks`` beside the store."""
+        return self.path.with_name(f".{self.path.name}.locks")
+
+    def claim(self, key: str, *, wait: bool = True):
+        """A context that holds run ``key`` for this process while it trains (:func:`file_lock`);
+        it yields False at once when ``wait`` is False and another process holds the key."""
+        return file_lock(self.locks / f"{self._key(key)}.lock", wait=wait)
+
+    def check_writable(self, *folders: str | os.PathLike) -> None:
+        """Raise ``OSError`` (its ``filename`` the path that failed) unless a record can be
+        appended to the store and files written in its locks folder and in each of ``folders``
+        (e.g. the runs folder): run before training, so that a read-only or full disk stops a
+        command before its first run, not after it."""
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self.path))
+        if self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND))
+        for folder in (self.path.parent, self.locks, *folders):
+            _probe(Path(folder))
+
     # -- reading -----------------------------------------------------------------------
-    def records(self) -> list[dict]:
-        """All complete records, in file order; damaged lines are skipped with a warning."""
+    def records(self, *, unique: bool = True) -> list[dict]:
+        """All complete records, in file order; damaged lines are skipped with a warning. With
+        ``unique``, one record per key: the latest, in the place of the key's first record (the
+        others are left out, with one warning that counts them)."""
+        self.skipped = 0
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -171,9 +275,9 @@ class ResultStore:
                 record = json.loads(line.decode("utf-8"))
                 if not isinstance(record, dict):
                     raise ValueError("not a JSON object")
+                if not isinstance(record.get("config"), Mapping):
+                    raise ValueError("no 'config' (the settings of a run)")
                 if "key" not in record:
-                    if not isinstance(record.get("config"), Mapping):
-                        raise ValueError("no 'key' and no 'config'")
                     record["key"] = config_hash(record["config"])
             except (ValueError, TypeError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
                 what = "incomplete last line (a run killed mid-write?)" if last else "corrupt line"
@@ -181,8 +285,17 @@ class ResultStore:
                     f"{self.path}: skipped line {number} ({len(line)} bytes), {what}: {err}",
                     ResultStoreWarning, stacklevel=2,
                 )
+                self.skipped += 1
                 continue
             out.append(record)
+        if unique:
+            latest = {record["key"]: record for record in out}
+            if len(latest) < len(out):
+                warnings.warn(
+                    f"{self.path}: left out {len(out) - len(latest)} earlier record(s) of runs recorded "
+                    f"more than once (two processes ran the same config?); the latest of each is kept",
+                    ResultStoreWarning, stacklevel=2)
+                out = list(latest.values())
         return out
 
     def _index(self) -> dict[str, dict]:
@@ -194,7 +307,7 @@ class ResultStore:
             return {}
         if self._cache is None or self._cache[0] != signature:
             index = {}
-            for record in self.records():
+            for record in self.records(unique=False):
                 index[record["key"]] = record
             self._cache = (signature, index)
         return self._cache[1]

@@ -247,8 +247,9 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
                 for name, value in terms.items():
                     if not torch.isfinite(value):
                         raise NonFiniteLossError(
-                            f"loss term {name!r} became {float(value)} at epoch {epoch}, step {step} "
-                            f"(method {method!r}); lower the learning rate or the term's weight")
+                            f"loss term {name!r} became {float(value.detach())} at epoch {epoch}, step {step} "
+                            f"(method {method!r}); lower the learning rate (now {config.lr:g}) or the weight "
+                            f"of {name!r}")
                 loss = sum(terms.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
