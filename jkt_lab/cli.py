@@ -426,7 +426,7 @@ def cmd_demo(args) -> int:
                   "(about 2 hours on 2 CPU cores, resumable; `--estimate` first says how long here): "
                   "`jkt-lab reproduce --dataset cifar10 --scale cpu`"]
     paths = write_demo_report(records, out, command="jkt-lab " + shlex.join(args.argv), teacher_info=info,
-                              chance=chance, elapsed_s=elapsed, device="cpu", next_steps=next_steps)
+                              chance=chance, elapsed_s=elapsed, device="cpu", next_steps=next_steps, quick=args.quick)
     print(f"\n{len(records)} students trained in {elapsed:.0f} s; report written in "
           f"{time.perf_counter() - t0 - elapsed:.0f} s -> {paths['html']}")
     print("next steps:\n" + "\n".join(f"  {i}. {_plain(line)}" for i, line in enumerate(next_steps, 1)))
@@ -434,22 +434,10 @@ def cmd_demo(args) -> int:
 
 
 def demo_verdict(records, *, teacher_acc: float | None, chance: float, quick: bool) -> list[str]:
-    """The demo's verdict (:func:`jkt_lab.report.verdict`), first saying that it is a smoke test
-    when it cannot judge the methods: at toy size (``quick``), or when the teacher is not above
-    chance (by more than 3 binomial standard errors on the test images), so that its students have
-    nothing to learn from it."""
+    """The demo's verdict: :func:`jkt_lab.report.verdict`, which says first when it is a smoke test
+    (``quick``, or a teacher not above chance) and then judges nothing."""
     from .report import verdict
-    lines = verdict(records, chance=chance)
-    n_test = max((r.get("config", {}).get("n_test") or 0 for r in records), default=0) or 1000
-    if teacher_acc is None or teacher_acc <= chance + 3 * math.sqrt(chance * (1 - chance) / n_test):
-        shown = "unknown" if teacher_acc is None else f"{100 * teacher_acc:.1f}%"
-        why = f"the teacher's test accuracy ({shown}) is not above chance ({100 * chance:.0f}%)"
-    elif quick:
-        why = "--quick runs at toy size"
-    else:
-        return lines
-    return [f"Smoke test, not a verdict: {why}, so the differences below say nothing about the methods, "
-            f"whatever they are called; `jkt-lab demo` without --quick judges them."] + lines
+    return verdict(records, chance=chance, teacher_acc=teacher_acc, quick=quick)
 
 
 def _measuring() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -483,14 +484,27 @@ def method_summary(records: Iterable[Mapping], *, sigma: str = "0.1") -> list[di
     return rows
 
 
+def _smoke_test(records, chance, teacher_acc, quick) -> str | None:
+    """Why a demo's numbers judge nothing (None when they can)."""
+    if chance is not None and teacher_acc is not None:
+        n_test = max((lookup(r, "config.n_test") or 0 for r in records), default=0) or 1000
+        if teacher_acc <= chance + 3 * math.sqrt(chance * (1 - chance) / n_test):
+            return (f"the teacher's test accuracy ({100 * teacher_acc:.1f}%) is not above chance "
+                    f"({100 * chance:.0f}%)")
+    return "--quick runs at toy size" if quick else None
+
+
 def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: str = "metrics.test_acc",
             comparisons: Sequence[tuple[str, str]] = (("kd", "ce"), ("kd+jacobian", "kd"), ("kd+jacobian", "ce")),
-            sigma: str = "0.1", teacher_acc: float | None = None) -> list[str]:
+            sigma: str = "0.1", teacher_acc: float | None = None, quick: bool = False) -> list[str]:
     """Plain-language sentences computed from the records: the best method, each comparison
     judged by the paired rule (:func:`jkt_lab.analysis.paired_compare`: the per-seed difference,
     its 95% t interval, shown or not), whether the students beat ``chance``, and accuracy under
-    input noise ``sigma`` (mean ± std over seeds). A ``teacher_acc`` below twice ``chance`` makes
-    it a smoke test: then no difference is judged."""
+    input noise ``sigma`` (mean ± std over seeds).
+
+    A smoke test judges nothing, and says so first: at toy size (``quick``), or when ``teacher_acc``
+    is not above ``chance`` by more than 3 binomial standard errors on the test images (its
+    students have nothing to learn from it)."""
     groups = _groups(records)
     if not groups:
         raise ValueError("verdict needs at least one record")
@@ -500,19 +514,18 @@ def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: 
     if not stats:
         return [f"No {what} accuracy was recorded."]
     best = max(stats, key=lambda k: stats[k][0])
-    out = [f"Best student on the {what} images: **{best}**, {100 * stats[best][0]:.1f}% "
+    why = _smoke_test(records, chance, teacher_acc, quick)
+    out = [f"Smoke test, not a verdict: {why}, so no difference between the students is judged; "
+           "`jkt-lab demo` without --quick judges them."] if why else []
+    out += [f"Best student on the {what} images: **{best}**, {100 * stats[best][0]:.1f}% "
            f"(mean over {stats[best][2]} seed{'s' if stats[best][2] != 1 else ''})."]
     if chance is not None:
         worst = min(stats, key=lambda k: stats[k][0])
         low = stats[worst][0]
         out.append(f"The weakest student, {worst}, reaches {100 * low:.1f}%: {low / chance:.1f} times chance "
                    f"({100 * chance:.0f}% for {round(1 / chance)} classes).")
-    smoke = teacher_acc is not None and chance is not None and teacher_acc < 2 * chance
-    if smoke:
-        out.append(f"The teacher reaches only {100 * teacher_acc:.1f}% (chance {100 * chance:.0f}%): this is a smoke "
-                   "test of the pipeline, not a measurement, so no difference between students is judged.")
     records = [r for recs in groups.values() for r in recs]
-    for a, b in comparisons if not smoke else ():
+    for a, b in comparisons if not why else ():
         if a not in stats or b not in stats:
             continue
         c = paired_compare(records, a, b, lambda r: lookup(r, metric), label=variant)
@@ -571,7 +584,7 @@ def _saliency_figure(records: list, *, n_images: int, device) -> object:
 
 def write_demo_report(records: Iterable[Mapping], out_dir: str | Path, *, command: str, teacher_info: Mapping,
                       chance: float, elapsed_s: float | None = None, saliency_images: int = 6, device="cpu",
-                      plotlyjs: str = "inline", next_steps: Sequence[str] = ()) -> dict[str, Path]:
+                      plotlyjs: str = "inline", next_steps: Sequence[str] = (), quick: bool = False) -> dict[str, Path]:
     """The main job's report from its stored records: summary table, verdict, accuracy figure,
     saliency maps (teacher and each student, same test images; models loaded from the runs
     directory), training curves, accuracy against noise, per-seed table, command and config."""
@@ -589,7 +602,7 @@ def write_demo_report(records: Iterable[Mapping], out_dir: str | Path, *, comman
              f"({len(records)} runs: {', '.join(_groups(records))}; seeds "
              f"{', '.join(str(s) for s in sorted({c['seed'] for c in configs}))}). Chance is {100 * chance:.0f}%.")
     doc.heading("Verdict")
-    doc.items(verdict(records, chance=chance, teacher_acc=teacher_acc), css="verdict")
+    doc.items(verdict(records, chance=chance, teacher_acc=teacher_acc, quick=quick), css="verdict")
     doc.text("The setting was chosen on the validation split (benchmarks/select_demo.py); the test images "
              "were not used to choose it.")
     doc.heading("Students, mean ± std over seeds")

@@ -389,11 +389,12 @@ def test_the_demo_verdict_needs_a_teacher_above_chance():
     records = [{"config": {"method": m, "seed": s}, "metrics": {"test_acc": acc + 0.01 * s}}
                for m, acc in (("ce", 0.2), ("kd", 0.6), ("kd+jacobian", 0.3)) for s in range(3)]
     good = cli.demo_verdict(records, teacher_acc=0.95, chance=0.2, quick=False)
-    assert any("clear difference" in line for line in good)
+    assert any("kd vs. ce: +40.0 points" in line and "a difference the seeds show" in line for line in good)
     assert not any("smoke test" in line.lower() for line in good)
     for teacher_acc, quick, why in ((0.21, False, "not above chance (20%)"), (0.95, True, "toy size")):
         lines = cli.demo_verdict(records, teacher_acc=teacher_acc, chance=0.2, quick=quick)
-        assert lines[0].startswith("Smoke test, not a verdict") and why in lines[0], lines   # said before any "clear"
+        assert lines[0].startswith("Smoke test, not a verdict") and why in lines[0], lines
+        assert not any(" vs. " in line for line in lines)     # a smoke test judges no difference
 
 
 # --------------------------------------------------------------------------- one line, not a traceback
