@@ -287,7 +287,7 @@ def _section(doc: Document, title: str, records: list) -> None:
     if noise:
         doc.heading(f"{title}: test accuracy (%) under Gaussian input noise")
         doc.table(noise)
-        doc.figure(noise_figure(labelled, color="variant", title=f"{title}: accuracy under input noise (mean over runs)"))
+        doc.figure(noise_figure(labelled, color="variant", title=f"{title}: accuracy under input noise"))
     cos = table(labelled, [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
     cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
     if cos:
@@ -535,13 +535,16 @@ def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: 
         spread = 100 * max(stats[a][1] or 0.0, stats[b][1] or 0.0)
         out.append(f"{a} vs. {b}: {diff:+.1f} points; the spread over seeds is {spread:.1f} points, so the "
                    f"difference is {_spread_words(diff, spread)}.")
-    noisy = {name: _stats((lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs)[0]
+    noisy = {name: _stats((lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs)
              for name, recs in groups.items()}
-    noisy = {k: v for k, v in noisy.items() if v is not None}
+    noisy = {k: v for k, v in noisy.items() if v[0] is not None}
     if len(noisy) > 1:
-        order = sorted(noisy, key=lambda k: -noisy[k])
-        out.append(f"Under Gaussian input noise of sigma {sigma}: " +
-                   ", ".join(f"{k} {100 * noisy[k]:.1f}%" for k in order) + ".")
+        order = sorted(noisy, key=lambda k: -noisy[k][0])
+        several = any(v[1] is not None for v in noisy.values())
+        out.append(f"Under Gaussian input noise of sigma {sigma}" + (" (mean ± std over seeds)" if several else "")
+                   + ": " + ", ".join(f"{k} {100 * noisy[k][0]:.1f}"
+                                      + (f" ± {100 * noisy[k][1]:.1f}" if noisy[k][1] is not None else "") + "%"
+                                      for k in order) + ".")
     return out
 
 
@@ -615,7 +618,7 @@ def write_demo_report(records: Iterable[Mapping], out_dir: str | Path, *, comman
     doc.figure(training_curves_figure(labelled, color="variant"))
     doc.heading("Accuracy against input noise")
     doc.table(noise_table(records))
-    doc.figure(noise_figure(labelled, color="variant", title="Test accuracy under Gaussian input noise (mean over seeds)"))
+    doc.figure(noise_figure(labelled, color="variant", title="Test accuracy under Gaussian input noise"))
     doc.heading("Every run")
     doc.table([{"method": variant(r), "seed": lookup(r, "config.seed"),
                 "val acc (%)": 100 * (lookup(r, "metrics.val_acc") or 0.0),

@@ -310,3 +310,99 @@ def test_accuracy_bars_std_over_seeds_and_lines():
     bar = fig.to_dict()["data"][0]
     assert bar["error_y"]["array"][0] == pytest.approx(14.142, abs=1e-3)   # sample std, as the tables
     assert fig.layout.xaxis.ticktext[0] == "kd<br>n=2" and len(fig.layout.shapes) == 2
+
+
+# --------------------------------------------------------------------------- one colour per variant
+
+
+def _rec(label, per_class=10, seed=0, acc=0.5, noise=None, method=None):
+    method = method or label.split(" ")[0]
+    return {"config": {"method": method, "per_class": per_class, "seed": seed, "extra": {"variant": label}},
+            "metrics": {"test_acc": acc, "noise_acc": noise or {"0": acc, "0.1": acc - 0.1}},
+            "history": [{"step": s, "val_acc": acc, "loss/ce": 1.0 / s} for s in (1, 2)]}
+
+
+def _trace_colors(fig) -> dict:
+    """name -> colour of every named trace (line or marker colour), from ``fig.to_dict()``."""
+    out = {}
+    for t in fig.to_dict()["data"]:
+        color = (t.get("line") or {}).get("color") or (t.get("marker") or {}).get("color")
+        if t.get("name") and isinstance(color, str):
+            out.setdefault(t["name"], set()).add(color)
+    return out
+
+
+VARIANTS = ["ce", "kd", "kd+jacobian", "kd+jacobian (squared)", "noise", "at (scratch)", "at (fine-tune)",
+            "at+jacobian (scratch)", "at+jacobian (fine-tune)", "fine-tune (ce)", "lwf", "activations",
+            "activations+jacobian", "noise (squared)", "kd+jacobian_norm"]
+
+
+def test_every_figure_colours_by_variant_the_same_way():
+    from jkt_lab.report import variant
+    recs = [_rec(v, per_class=pc, seed=s, acc=0.3 + 0.01 * i) for i, v in enumerate(VARIANTS)
+            for pc in (1, 10, 100) for s in (0, 1)]
+    labelled = [{**r, "variant": variant(r)} for r in recs]
+    figures = [viz.accuracy_figure(labelled, color="variant"), viz.accuracy_groups_figure(labelled, color="variant"),
+               viz.noise_figure(labelled, color="variant"), viz.training_curves_figure(labelled, color="variant")]
+    seen: dict[str, set] = {}
+    for fig in figures:
+        for name, colors in _trace_colors(fig).items():
+            seen.setdefault(name, set()).update(colors)
+    assert set(VARIANTS) <= set(seen)
+    assert all(len(c) == 1 for c in seen.values()), seen                 # one colour per variant, in every figure
+    colors = {name: next(iter(c)) for name, c in seen.items() if name in VARIANTS}
+    assert len(set(colors.values())) == len(VARIANTS), colors             # and no two variants share one
+    assert colors["kd+jacobian"] != colors["kd+jacobian (squared)"]
+    assert colors["at (scratch)"] != colors["at (fine-tune)"]
+    bars = viz.accuracy_bars(recs, variant).to_dict()["data"][0]          # bars: the same colours
+    assert dict(zip(bars["x"], bars["marker"]["color"])) == {v: colors[v] for v in VARIANTS}
+
+
+def test_variant_color_aliases_and_unknown_labels():
+    assert viz.variant_color("kd+jacobian (normalised)") == viz.variant_color("kd+jacobian")   # the same loss
+    assert viz.variant_color("ce (fine-tune)") == viz.variant_color("fine-tune (ce)")         # reproduce's label
+    assert viz.variant_color("at") == viz.variant_color("at (scratch)")                        # notebook 05's "at"
+    assert viz.variant_color("scratch (ce)") == viz.variant_color("ce (scratch)") == viz.variant_color("ce")
+    assert viz.variant_color("something new") == viz.variant_color("something new")            # stable
+    assert viz.variant_color("something new") not in viz.VARIANT_COLORS.values()
+    names = ["teacher", "kd", "kd+jacobian", "kd+jacobian (squared)"]
+    fig = viz.robustness_figure({n: [{"sigma": 0.0, "acc": 0.5}] for n in names})
+    assert [t["line"]["color"] for t in fig.to_dict()["data"]] == [viz.variant_color(n) for n in names]
+    mech = [{"config": {"per_class": 10, "seed": 0, "extra": {"variant": v, "teacher": "standard", "part": "grid"}},
+             "metrics": {"jacobian_norm": 1.0, "noise_acc": {"0.1": 0.5}, "test_acc": 0.6}}
+            for v in ("kd+jacobian (normalised)", "kd+jacobian (squared)")]
+    fig = viz.mechanism_figure(mech).to_dict()
+    assert {t["name"]: t["marker"]["color"] for t in fig["data"]} == {
+        "kd+jacobian (normalised), standard teacher": viz.variant_color("kd+jacobian"),
+        "kd+jacobian (squared), standard teacher": viz.variant_color("kd+jacobian (squared)")}
+
+
+# --------------------------------------------------------------------------- the noise figure: one panel per size
+
+
+def test_noise_figure_one_panel_per_per_class_and_seed_spread_only():
+    recs = [_rec("kd", per_class=pc, seed=s, noise={"0": base + d, "0.1": base - 0.1 + d})
+            for pc, base in ((1, 0.2), (500, 0.8)) for s, d in ((0, -0.05), (1, 0.05))]
+    fig = viz.noise_figure(recs)
+    d = fig.to_dict()
+    titles = [a["text"] for a in d["layout"]["annotations"]]
+    assert any("1 image per class" in t for t in titles) and any("500 images per class" in t for t in titles)
+    kd = [t for t in d["data"] if t["name"] == "kd"]
+    assert len(kd) == 2                                                   # one line per per_class, not one pooled
+    assert sorted(t["y"][0] for t in kd) == pytest.approx([20.0, 80.0])
+    for t in kd:                                                          # the spread of two seeds, not of sizes
+        assert list(t["error_y"]["array"]) == pytest.approx([100 * 0.1 / 2 ** 0.5] * 2)
+    assert sum(t["showlegend"] is not False for t in kd) == 1             # one legend entry per variant
+    assert "std over seeds" in d["layout"]["title"]["text"]
+    one = viz.noise_figure([r for r in recs if r["config"]["per_class"] == 1]).to_dict()
+    assert len([t for t in one["data"] if t["name"] == "kd"]) == 1
+
+
+def test_demo_verdict_noise_line_gives_the_spread_over_seeds():
+    from jkt_lab.report import verdict
+    recs = [_rec(m, seed=s, acc=a, noise={"0.1": a - 0.1 + 0.02 * s}) for m, a in (("kd", 0.5), ("kd+jacobian", 0.6))
+            for s in (0, 1, 2)]
+    line = next(x for x in verdict(recs) if x.startswith("Under Gaussian input noise"))
+    assert "mean ± std over seeds" in line and "kd+jacobian 52.0 ± 2.0%" in line and "kd 42.0 ± 2.0%" in line
+    one = next(x for x in verdict([r for r in recs if r["config"]["seed"] == 0]) if x.startswith("Under"))
+    assert "±" not in one and "kd 40.0%" in one                        # one seed: no spread to give
