@@ -517,40 +517,58 @@ TEACHER_SYMBOLS = {"standard": "circle", "noise-trained": "diamond"}
 LOG_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
+def _mechanism_part(r: Mapping) -> str | None:
+    """"teacher", "student" (a run of the grid), or None (another experiment's run: left out)."""
+    part, variant = lookup(r, "config.extra.part"), lookup(r, "config.extra.variant")
+    if part == "teacher" or (part is None and variant == "teacher"):
+        return "teacher"
+    if part == "grid" or (part is None and variant not in (None, "teacher")):
+        return "student"
+    return None
+
+
 def mechanism_figure(records: Iterable[Mapping], *, sigma: float = 0.1,
                      title: str = "Robust accuracy against the input-Jacobian norm") -> go.Figure:
     """Accuracy under noise at ``sigma`` against the mean norm of the top-1 input Jacobian (log x),
     one point per model (``metrics.noise_acc``, ``metrics.jacobian_norm``), coloured by
-    ``config.extra.variant`` ("teacher" for teachers' rows), shaped by ``config.extra.teacher``;
-    one panel per ``per_class`` (teachers appear in every panel)."""
-    records = [r for r in records if lookup(r, "metrics.jacobian_norm") and
+    ``config.extra.variant`` (:func:`variant_color`; "teacher" for teachers' rows), shaped by
+    ``config.extra.teacher``; one panel per ``per_class`` (teachers appear in every panel). Only
+    the grid's students (``config.extra.part`` "grid") and the teachers are drawn, not the runs of
+    other parts (the equivalence runs). The legend lies below the plot, teachers first."""
+    records = [r for r in records if lookup(r, "metrics.jacobian_norm") and _mechanism_part(r) is not None and
                (lookup(r, "metrics.noise_acc") or {}).get(f"{sigma:g}") is not None]
-    students = [r for r in records if lookup(r, "config.extra.variant") != "teacher"]
-    teachers = [r for r in records if lookup(r, "config.extra.variant") == "teacher"]
+    students = [r for r in records if _mechanism_part(r) == "student"]
+    teachers = [r for r in records if _mechanism_part(r) == "teacher"]
     panels = sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: (v is None, v or 0)) or [None]
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
                         subplot_titles=[f"per_class = {p}" if p is not None else "all" for p in panels])
     seen = set()
     for col, per_class in enumerate(panels, start=1):
-        here = [r for r in students if lookup(r, "config.per_class") == per_class] + teachers
+        here = teachers + [r for r in students if lookup(r, "config.per_class") == per_class]
         groups: dict[tuple, list] = {}
         for r in here:
             groups.setdefault((str(lookup(r, "config.extra.variant")), str(lookup(r, "config.extra.teacher"))),
                               []).append(r)
-        for (variant, teacher), rs in groups.items():
-            name = f"{variant}, {teacher} teacher" if variant != "teacher" else f"{teacher} teacher"
+        for rank, ((variant, teacher), rs) in enumerate(groups.items()):
+            is_teacher = _mechanism_part(rs[0]) == "teacher"
+            name = f"{teacher} teacher" if is_teacher else f"{variant}, {teacher} teacher"
             fig.add_trace(go.Scatter(
                 x=[lookup(r, "metrics.jacobian_norm") for r in rs],
                 y=[100 * lookup(r, "metrics.noise_acc")[f"{sigma:g}"] for r in rs],
                 mode="markers", name=name, legendgroup=name, showlegend=name not in seen,
-                marker={"color": variant_color(variant), "size": 14 if variant == "teacher" else 9,
-                        "symbol": TEACHER_SYMBOLS.get(teacher, "square") + ("-open" if variant == "teacher" else ""),
-                        "line": {"width": 2 if variant == "teacher" else 0.5}},
+                legendrank=(1 if is_teacher else 100) + rank,
+                marker={"color": variant_color("teacher" if is_teacher else variant), "size": 14 if is_teacher else 9,
+                        "symbol": TEACHER_SYMBOLS.get(teacher, "square") + ("-open" if is_teacher else ""),
+                        "line": {"width": 2 if is_teacher else 0.5}},
                 hovertext=[f"{name}, seed {lookup(r, 'config.seed')}; clean "
                            f"{100 * (lookup(r, 'metrics.test_acc') or 0):.1f}%" for r in rs]), 1, col)
             seen.add(name)
         fig.update_xaxes(type="log", title="mean ||d top-1 logit / dx|| (test images, log)", row=1, col=col,
                          tickvals=LOG_TICKS, ticktext=[f"{t:g}" for t in LOG_TICKS])   # every tick its full value
     fig.update_yaxes(title=f"test accuracy at sigma = {sigma:g} (%)", row=1, col=1)
-    fig.update_layout(title=title, template="plotly_white")
+    n_entries = len(seen)
+    fig.update_layout(title=title, template="plotly_white", height=480 + 22 * ((n_entries + 2) // 3),
+                      legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.18, "yanchor": "top",
+                              "traceorder": "normal"},
+                      margin={"b": 60 + 22 * ((n_entries + 2) // 3)})
     return fig

@@ -518,8 +518,11 @@ class RobustnessExperimentPanel(Panel):
             self.records = ResultStore(path).records()
             where = str(path)
         grid = rb.grid_records(self.records, c["dataset"])
-        n = sum(r["config"].get("extra", {}).get("part") == "grid" for r in grid)
-        self.say(f"{n} students and {len(grid) - n} teachers from {where}")
+        parts = [r["config"].get("extra", {}).get("part") for r in grid]
+        n, teachers = parts.count("grid"), parts.count("teacher")
+        self.say(f"{n} students and {teachers} teachers from {where}"
+                 + (f" (the figure leaves out {len(parts) - n - teachers} runs of other parts)"
+                    if len(parts) > n + teachers else ""))
         self.show(viz.mechanism_figure(grid, sigma=c["sigma"],
                                        title=f"{c['dataset']}: accuracy at sigma {c['sigma']:g} against the Jacobian norm"))
 

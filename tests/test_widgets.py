@@ -406,3 +406,49 @@ def test_demo_verdict_noise_line_gives_the_spread_over_seeds():
     assert "mean ± std over seeds" in line and "kd+jacobian 52.0 ± 2.0%" in line and "kd 42.0 ± 2.0%" in line
     one = next(x for x in verdict([r for r in recs if r["config"]["seed"] == 0]) if x.startswith("Under"))
     assert "±" not in one and "kd 40.0%" in one                        # one seed: no spread to give
+
+
+# --------------------------------------------------------------------------- notebook 04: the shapes view
+
+
+def _robust(teacher, variant, part, per_class=20, seed=0, norm=1.0):
+    return {"key": f"{teacher}{variant}{part}{per_class}{seed}",
+            "config": {"dataset": "shapes", "per_class": per_class, "seed": seed, "method": "kd",
+                       "extra": {"experiment": "robustness", "part": part, "teacher": teacher, "variant": variant}},
+            "metrics": {"test_acc": 0.8, "noise_acc": {"0": 0.8, "0.1": 0.5}, "jacobian_norm": norm,
+                        "teacher_jacobian_norm": 2.0, "saliency_cosine": 0.5}}
+
+
+def _shapes_view():
+    recs = [_robust("standard", "teacher", "teacher", None), _robust("noise-trained", "teacher", "teacher", None)]
+    recs += [_robust(t, v, "grid", seed=s) for t in ("standard", "noise-trained") for v in ("kd", "noise")
+             for s in (0, 1)]
+    # the equivalence runs: students of another experiment, not teachers and not the grid
+    recs += [_robust("standard", v, "equivalence", seed=s) for v in ("noise (squared)", "activations+jacobian (squared)")
+             for s in (0, 1, 2)]
+    return recs
+
+
+def test_mechanism_figure_draws_the_grid_and_the_teachers_only():
+    fig = viz.mechanism_figure(_shapes_view()).to_dict()
+    drawn = {t["name"]: len(t["x"]) for t in fig["data"]}
+    assert not any("squared" in n for n in drawn), drawn                   # no unexplained equivalence points
+    assert sum(drawn.values()) == 8 + 2
+    teachers = [t for t in fig["data"] if t["name"].endswith("teacher") and "," not in t["name"]]
+    students = [t for t in fig["data"] if "," in t["name"]]
+    assert len(teachers) == 2
+    assert max(t["legendrank"] for t in teachers) < min(t["legendrank"] for t in students)   # teachers first
+    legend = fig["layout"]["legend"]
+    assert legend["orientation"] == "h" and legend["y"] < 0                # below the plot: nothing scrolls away
+
+
+def test_robustness_panel_counts_grid_students_and_teachers(tmp_path, monkeypatch):
+    from jkt_lab.results import ResultStore as Store
+    store = Store(tmp_path / "results" / "robustness-shapes" / "results.jsonl")
+    for r in _shapes_view():
+        store.append(r)
+    monkeypatch.setattr(nbtools, "_REPO_ROOT", tmp_path)
+    panel = widgets.robustness_experiment_panel()
+    panel.run_button.click()
+    assert panel.error is None, panel.error
+    assert "8 students and 2 teachers" in panel.status.value, panel.status.value
