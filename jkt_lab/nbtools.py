@@ -11,6 +11,7 @@ widgets, the tests and the notebooks run the same experiments. Quick mode (``JKT
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from .config import Config, quick_mode
 
 __all__ = ["COURSE_DATASETS", "CIFAR10_TRANSFER", "course_dataset", "course_config", "transfer_config",
            "indoor67_config", "course_summary", "course_store", "committed_results", "committed_robustness",
-           "committed_distillation", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
+           "committed_distillation", "reference_time", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
            "strip_outputs", "notebook_outputs", "main"]
 
 #: The students compared in notebooks 02-04 (Section 5 of the paper: few-shot distillation).
@@ -194,6 +195,42 @@ def committed_distillation(dataset: str) -> list[dict]:
     records = committed_results(_REPO_ROOT / "results" / _COMMITTED_DISTILLATION[dataset])
     return [r for r in records if r.get("config", {}).get("dataset") == dataset
             and r["config"].get("extra", {}).get("part") in (None, "distillation")]
+
+
+#: The settings that decide what a training step costs (with the device): runs that share them
+#: take about the same time a step, whatever their seed, weights or per_class.
+_COST_KEYS = ("dataset", "method", "init", "student", "student_width", "teacher", "teacher_width", "batch_size",
+              "jacobian_output", "n_samples", "n_train")
+
+
+@functools.lru_cache(maxsize=1)
+def _timed_records() -> tuple:
+    """(cost signature, train seconds a step, the rest of the run in seconds) of every committed
+    run on a CPU that recorded its training time (``results/**/*.jsonl``)."""
+    from .results import ResultStore
+    out = []
+    for path in sorted((_REPO_ROOT / "results").glob("**/*.jsonl")):
+        for r in ResultStore(path).records():
+            c, train_s = r.get("config") or {}, (r.get("extra") or {}).get("train_wall_time_s")
+            steps = (r.get("metrics") or {}).get("steps") or c.get("steps")
+            if train_s and steps and r.get("wall_time_s") and str(r.get("device", "")).startswith("cpu"):
+                out.append((tuple(json.dumps(c.get(k)) for k in _COST_KEYS), train_s / steps,
+                            max(r["wall_time_s"] - train_s, 0.0)))
+    return tuple(out)
+
+
+def reference_time(config: Config) -> dict | None:
+    """What a run of ``config`` took when the committed results were made (``results/``; CPU runs
+    on 2 idle cores): ``{"step_s", "run_s", "n"}`` (median seconds a training step, seconds of
+    the whole run at ``config.steps``, how many committed runs of the same cost signature: method,
+    initialisation, models, batch size, Jacobian output). None when no committed run shares it."""
+    import statistics
+    key = tuple(json.dumps(getattr(config, k)) for k in _COST_KEYS)
+    same = [(step, rest) for sig, step, rest in _timed_records() if sig == key]
+    if not same or not config.steps:
+        return None
+    step = statistics.median(s for s, _ in same)
+    return {"step_s": step, "run_s": step * config.steps + statistics.median(r for _, r in same), "n": len(same)}
 
 
 def course_summary(config: Config, quick: bool | None = None) -> str:

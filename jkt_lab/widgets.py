@@ -99,12 +99,26 @@ def table(rows, columns=None, *, floatfmt: str = ".3f", caption: str | None = No
     return Table(rows, columns, floatfmt=floatfmt, caption=caption)
 
 
-def _time_left(t0: float, done: int, total: int) -> str:
+def _time_left(t0: float, done: int, total: int, *, since: tuple[float, int] | None = None,
+               reference_step: float | None = None) -> str:
+    """``"about 40 s left"`` from the pace so far (from ``since``, ``(time, done)`` at an earlier
+    row, when given: the pace of the steps alone, without the run's start). With
+    ``reference_step`` (seconds a step of the committed runs of the same settings), a pace far
+    slower than it adds the reason and what to do (:func:`jkt_lab.progress.slow_advice`)."""
     import time
+
+    from .progress import duration, slow_advice
     if done <= 0:
         return "estimating the time left"
-    left = (time.perf_counter() - t0) / done * max(total - done, 0)
-    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.1f} min left"
+    now = time.perf_counter()
+    left = (now - t0) / done * max(total - done, 0)
+    text = f"{duration(left)} left"
+    if since is not None and reference_step and done > since[1]:
+        per_step = (now - since[0]) / (done - since[1])
+        advice = slow_advice(per_step, reference_step, "the committed runs on 2 idle cores")
+        if advice:
+            text += f"; a step takes {per_step:.2g} s here, " + advice
+    return text
 
 
 def _devices() -> list[str]:
@@ -178,20 +192,25 @@ class Panel(widgets.VBox):
 
             self.say("loading the teacher (training it first if it is not cached)...")
             self.teacher_info = get_teacher(first, device=device, progress=False, callback=on_teacher)[1]
+        from .nbtools import reference_time
         records = []
         for i, config in enumerate(configs):
             total = config.steps or config.epochs
             progress.description, progress.max, progress.value = "steps", max(total, 1), 0
-            t0, rows = time.perf_counter(), []
+            t0, rows, first = time.perf_counter(), [], []
+            ref = reference_time(config) if config.steps else None
             what = f"{config.method}, seed {config.seed}" + (f" (run {i + 1} of {len(configs)})" if len(configs) > 1 else "")
             self.say(f"training {what}...")
 
-            def on_run_row(row, config=config, rows=rows, t0=t0, total=total, what=what):
+            def on_run_row(row, config=config, rows=rows, t0=t0, total=total, what=what, first=first, ref=ref):
                 rows.append(row)
                 done = row["step"] if config.steps else row["epoch"]
                 progress.value = min(done, progress.max)
-                self.say(f"training {what}: {done}/{total} {'steps' if config.steps else 'epochs'}, "
-                         f"{_time_left(t0, done, total)}")
+                left = _time_left(t0, done, total, since=first[0] if first else None,
+                                  reference_step=ref["step_s"] if ref else None)
+                if not first:
+                    first.append((time.perf_counter(), done))
+                self.say(f"training {what}: {done}/{total} {'steps' if config.steps else 'epochs'}, {left}")
                 if on_row is not None:
                     on_row(config, rows)
 

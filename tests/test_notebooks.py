@@ -272,3 +272,88 @@ def test_notebook_runs_under_nbval_in_quick_mode(path, quick_dirs):
     elapsed = time.perf_counter() - t0
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     print(f"{path.name}: {elapsed:.0f} s in quick mode")
+
+
+# --------------------------------------------------------------------------- prepare-course: a plan, one bar
+
+
+class _FakeBar:
+    made: list = []
+
+    def __init__(self, **kw):
+        self.kw, self.n, self.postfix, self.closed = kw, kw.get("initial", 0), [], False
+        _FakeBar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix.append(text)
+
+    def set_description_str(self, text, refresh=True):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_training(tmp_path, monkeypatch):
+    """prepare() with instant runs: each run 'takes' ``seconds[0]`` of the clock; no teacher trains."""
+    import jkt_lab.course as course_mod
+    import jkt_lab.experiments as experiments
+    from jkt_lab.results import config_hash
+    monkeypatch.setenv("JKT_LAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("JKT_LAB_COURSE_DATASET", "cifar10")
+    monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    clock, seconds = [0.0], [1.0]
+    monkeypatch.setattr(course_mod.time, "perf_counter", lambda: clock[0])
+
+    def run(config, store, **kw):
+        clock[0] += seconds[0]
+        record = {"key": config_hash(config.to_dict()), "config": config.to_dict(), "metrics": {"test_acc": 0.5}}
+        store.append(record)
+        return record
+    monkeypatch.setattr(experiments, "run", run)
+    monkeypatch.setattr(experiments, "get_teacher", lambda *a, **k: (None, {}))
+    monkeypatch.setattr(experiments, "load_data", lambda *a, **k: None)
+    _FakeBar.made = []
+    monkeypatch.setattr(course_mod, "_bar", lambda **kw: _FakeBar(**kw))
+    return seconds
+
+
+def test_prepare_prints_the_plan_and_an_estimate_then_one_bar(fake_training, capsys):
+    from jkt_lab import course
+    rows = course.prepare()
+    out = capsys.readouterr().out
+    n = sum(r["runs"] for r in rows)
+    first = out.splitlines()[0]
+    assert first.startswith(f"prepare-course: {n} runs") and f"{n} to train" in first, out
+    estimate = next(line for line in out.splitlines() if line.startswith("estimated time"))
+    assert "min" in estimate and "2 idle" in estimate
+    assert len(_FakeBar.made) == 1, "one bar over everything, not one per part"
+    bar = _FakeBar.made[0]
+    assert bar.kw["total"] == n and bar.n == n and bar.closed
+    assert any("left" in p for p in bar.postfix)
+    assert "slower than the committed runs" not in out                 # 1 s a run: faster than the committed runs
+
+
+def test_prepare_says_when_runs_are_far_slower_than_the_committed_ones(fake_training, capsys):
+    from jkt_lab import course
+    fake_training[0] = 600.0                                           # ten minutes a run: a loaded machine
+    course.prepare()
+    out = capsys.readouterr().out
+    assert "slower than the committed runs" in out and "OMP_NUM_THREADS" in out and "one job per machine" in out
+    assert out.count("OMP_NUM_THREADS") == 1                           # said once, not after every run
+    assert any("slower" in p for p in _FakeBar.made[0].postfix)       # and on the time-left line
+
+
+def test_slow_advice_and_reference_time():
+    from jkt_lab import progress
+    assert progress.slow_advice(2.0, 1.0) == ""
+    text = progress.slow_advice(10.0, 1.0)
+    assert text.startswith("10x slower") and "OMP_NUM_THREADS=1" in text and "one job per machine" in text
+    assert progress.duration(30) == "about 30 s" and progress.duration(600) == "about 10.0 min"
+    ref = nbtools.reference_time(nbtools.course_config(quick=False, dataset="cifar10", method="kd"))
+    assert ref["n"] >= 3 and 0 < ref["step_s"] < ref["run_s"]             # the committed CIFAR-10 grid's kd runs
+    assert nbtools.reference_time(nbtools.course_config(quick=False, dataset="shapes", student_width=3)) is None

@@ -452,3 +452,31 @@ def test_robustness_panel_counts_grid_students_and_teachers(tmp_path, monkeypatc
     panel.run_button.click()
     assert panel.error is None, panel.error
     assert "8 students and 2 teachers" in panel.status.value, panel.status.value
+
+
+def test_panel_time_left_says_when_steps_are_far_slower_than_the_committed_runs(store, monkeypatch):
+    import time as time_mod
+
+    import jkt_lab.experiments as experiments
+    base = nbtools.course_config(quick=False, dataset="cifar10", method="ce")    # committed: about 0.02 s a step
+    clock = [0.0]
+    monkeypatch.setattr(time_mod, "perf_counter", lambda: clock[0])
+    seen = []
+
+    def fake_run(config, store=None, device=None, progress=False, callback=None):
+        for step in (50, 100, 150):
+            clock[0] += 50 * step_s[0]                                        # 50 steps at step_s each
+            callback({"step": step, "epoch": 1})
+            seen.append(panel.status.value)
+        return {"config": config.to_dict(), "metrics": {"test_acc": 0.3}, "history": []}
+    monkeypatch.setattr(experiments, "run", fake_run)
+    panel = widgets.distillation_panel(store=store, base=base.replace(steps=150))
+    panel.controls["device"].value = "cpu"
+    step_s = [0.02]
+    panel.train(panel.configs(), store, panel.progress, "cpu")
+    assert "left" in seen[-1] and "slower" not in seen[-1]
+    step_s[0] = 1.0                                                           # 50 times the committed step time
+    seen.clear()
+    panel.train(panel.configs(), store, panel.progress, "cpu")
+    assert "slower than the committed runs" in seen[-1] and "OMP_NUM_THREADS" in seen[-1], seen[-1]
+    assert "slower" not in seen[0]                                            # not from the first row alone
