@@ -54,8 +54,14 @@ def find_browser() -> tuple[str | None, str | None]:
             pick("JKT_LAB_CHROMEDRIVER", ("chromedriver",)))
 
 
-def make_driver(profile_dir: Path):
-    """Headless Chromium through the system chromedriver, with a fresh profile."""
+#: With the network off: every request that is not to this machine goes to a closed port
+#: (file:// pages and the local JupyterLab still load; a CDN does not).
+OFFLINE_FLAGS = ("--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>")
+
+
+def make_driver(profile_dir: Path, *, offline: bool = False):
+    """Headless Chromium through the system chromedriver, with a fresh profile; ``offline``: no
+    network beyond this machine (:data:`OFFLINE_FLAGS`, and DevTools' offline emulation)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -64,12 +70,18 @@ def make_driver(profile_dir: Path):
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    for flag in OFFLINE_FLAGS if offline else ():
+        options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=chromedriver, log_output=str(profile_dir.parent / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_script_timeout(120)
     driver.set_page_load_timeout(120)
+    if offline:
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
+                                                                    "downloadThroughput": -1, "uploadThroughput": -1})
     return driver
 
 

@@ -480,3 +480,74 @@ def test_panel_time_left_says_when_steps_are_far_slower_than_the_committed_runs(
     panel.train(panel.configs(), store, panel.progress, "cpu")
     assert "slower than the committed runs" in seen[-1] and "OMP_NUM_THREADS" in seen[-1], seen[-1]
     assert "slower" not in seen[0]                                            # not from the first row alone
+
+
+# --------------------------------------------------------------------------- reports: plotly.js beside them, headings, decimals
+
+
+def _doc_with_figure(title="T"):
+    from jkt_lab.report import Document
+    return Document(title).heading("h").figure(viz.robustness_figure({"kd": [{"sigma": 0.0, "acc": 0.5}]}))
+
+
+def test_report_links_one_shared_plotlyjs_copy(tmp_path):
+    from plotly.offline import get_plotlyjs
+
+    from jkt_lab.report import check_plotlyjs
+    out = tmp_path / "results" / "one"
+    paths = _doc_with_figure().write(out, plotlyjs="../plotly.min.js")
+    page = paths["html"].read_text()
+    assert '<script src="../plotly.min.js"' in page and "cdn.plot.ly" not in page
+    assert len(page) < 100_000                                            # not embedded: a small page
+    shared = tmp_path / "results" / "plotly.min.js"
+    assert shared.read_text() == get_plotlyjs()                           # the installed plotly's own copy
+    shared.write_text("// kept")                                          # one copy: never rewritten
+    _doc_with_figure().write(tmp_path / "results" / "two", plotlyjs="cdn")   # cdn, with the shared copy beside
+    two = (tmp_path / "results" / "two" / "report.html").read_text()
+    assert '<script src="../plotly.min.js"' in two and "cdn.plot.ly" not in two and shared.read_text() == "// kept"
+    lone = _doc_with_figure().write(tmp_path / "elsewhere", plotlyjs="cdn")["html"].read_text()
+    assert "cdn.plot.ly" in lone                                          # nothing beside it: the CDN, as before
+    for bad in ("http://x/plotly.js", "/abs/plotly.js", "online", "x.css"):
+        with pytest.raises(ValueError, match="plotlyjs"):
+            check_plotlyjs(bad)
+
+
+def test_committed_reports_link_the_shared_copy():
+    from pathlib import Path
+    results = Path(__file__).resolve().parents[1] / "results"
+    shared = results / "plotly.min.js"
+    assert shared.is_file() and 3_000_000 < shared.stat().st_size < 6_000_000   # one copy, within the repo budget
+    pages = sorted(results.glob("*/report.html"))
+    assert len(pages) >= 3
+    for page in pages:
+        text = page.read_text()
+        assert '<script src="../plotly.min.js"' in text, page
+        assert "cdn.plot.ly" not in text and len(text) < 1_000_000, page     # neither the CDN nor an embedded copy
+
+
+def test_robustness_report_does_not_repeat_its_title():
+    from jkt_lab import nbtools
+    from jkt_lab.report import Document, add_robustness_section
+    recs = nbtools.committed_robustness("cifar10")
+    doc = Document("Robustness to noisy inputs on cifar10")
+    assert add_robustness_section(doc, recs)
+    md = doc.markdown()
+    assert md.count("Robustness to noisy inputs on cifar10\n") == 1          # the page title, once
+    assert "## Test accuracy (%) under input noise" in md
+    other = Document("All results")
+    add_robustness_section(other, recs)
+    assert "## Robustness to noisy inputs on cifar10" in other.markdown()   # a section of a larger report: headed
+
+
+def test_report_tables_have_uniform_decimals():
+    import re
+
+    from jkt_lab.report import Document
+    doc = Document("T").table([{"a": 0.0123, "b": 12.345}, {"a": 1234.5, "b": 0.5}], floatfmt=".3g")
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", doc.html())
+    assert cells == ["0.0123", "12.345", "1234.5000", "0.500"]            # per column: the same decimals
+    assert "| 0.0123 | 12.345 |" in doc.markdown() and "|---:|---:|" in doc.markdown()
+    assert 'class="num"' in doc.html()                                    # numbers still right-aligned
+    fig = viz.noise_figure([_rec("kd", per_class=pc) for pc in (1, 5)])
+    md = Document("T").figure(fig).markdown()
+    assert "<br>" not in md and "<sup>" not in md and "(mean over seeds" in md
