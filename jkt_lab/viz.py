@@ -186,10 +186,13 @@ def noise_figure(records: Iterable[Mapping], *, color: str = "config.method",
             curves.setdefault(lookup(r, "config.per_class"), {}).setdefault(str(lookup(r, color)), {}) \
                 .setdefault(float(s), []).append(float(acc))
     panels = sorted(curves, key=lambda v: (v is None, v or 0)) or [None]
-    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
+    n_cols = min(len(panels), 3)
+    n_rows = math.ceil(len(panels) / n_cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, shared_yaxes=True, shared_xaxes=True, vertical_spacing=0.12,
                         subplot_titles=[_per_class_title(p) for p in panels] if len(panels) > 1 else None)
     shown, n_max = set(), 1
-    for col, per_class in enumerate(panels, start=1):
+    for i, per_class in enumerate(panels):
+        row, col = 1 + i // n_cols, 1 + i % n_cols
         for name, by_sigma in curves.get(per_class, {}).items():
             sig = sorted(by_sigma)
             n_max = max([n_max] + [len(by_sigma[s]) for s in sig])
@@ -199,15 +202,18 @@ def noise_figure(records: Iterable[Mapping], *, color: str = "config.method",
                                                    for s in sig]},
                 mode="lines+markers", name=name, legendgroup=name, showlegend=name not in shown,
                 line={"color": variant_color(name)},
-                hovertext=[f"{name}, {_per_class_title(per_class)}: n = {len(by_sigma[s])}" for s in sig]), 1, col)
+                hovertext=[f"{name}, {_per_class_title(per_class)}: n = {len(by_sigma[s])}" for s in sig]), row, col)
             shown.add(name)
-        fig.update_xaxes(title="noise sigma ([0, 1] pixel scale)", row=1, col=col)
-    fig.update_yaxes(title="accuracy (%)", row=1, col=1)
+        if row == n_rows or i + n_cols >= len(panels):                 # the lowest panel of its column
+            fig.update_xaxes(title="noise sigma ([0, 1] pixels)", showticklabels=True, row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title="accuracy (%)", row=row, col=1)
     spread = "error bars: std over seeds" if n_max > 1 else "one run per point, no error bars"
     where = "one panel per images-per-class setting" if len(panels) > 1 else _per_class_title(panels[0])
-    fig.update_layout(title=f"{title}<br><sup>mean over seeds; {spread} ({where})</sup>", template="plotly_white")
-    for col in range(1, len(panels) + 1):
-        reference_lines(fig, chance=chance, teacher=teacher, row=1, col=col)
+    fig.update_layout(title=f"{title}<br><sup>mean over seeds; {spread} ({where})</sup>", template="plotly_white",
+                      height=140 + 300 * n_rows, margin={"t": 110})
+    for i in range(len(panels)):
+        reference_lines(fig, chance=chance, teacher=teacher, row=1 + i // n_cols, col=1 + i % n_cols)
     return fig
 
 
