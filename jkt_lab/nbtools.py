@@ -22,7 +22,7 @@ from .config import Config, quick_mode
 
 __all__ = ["COURSE_DATASETS", "CIFAR10_TRANSFER", "course_dataset", "course_config", "transfer_config",
            "indoor67_config", "course_summary", "course_store", "committed_results", "committed_robustness",
-           "committed_distillation", "reference_time", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
+           "committed_distillation", "reference_time", "data_source", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
            "strip_outputs", "notebook_outputs", "main"]
 
 #: The students compared in notebooks 02-04 (Section 5 of the paper: few-shot distillation).
@@ -233,6 +233,27 @@ def reference_time(config: Config) -> dict | None:
     return {"step_s": step, "run_s": step * config.steps + statistics.median(r for _, r in same), "n": len(same)}
 
 
+def data_source(dataset: str) -> str | None:
+    """Where the course's ``dataset`` comes from, in one plain sentence (None for the embedded
+    shapes). For CIFAR-10 loaded from the JPEG copy, the library's warning about it
+    (:class:`jkt_lab.data.cifar.JpegFallbackWarning`) is silenced from here on: this sentence
+    says it once, in place of a warning in every cell that loads the data."""
+    import warnings
+    if dataset != "cifar10":
+        return None
+    from .data import cifar10_available
+    from .data.cifar import JpegFallbackWarning
+    where = cifar10_available()
+    if where is None:
+        return "data: CIFAR-10 is not on this machine yet (the first load downloads it, when online)"
+    if where.is_dir():
+        return f"data: CIFAR-10 from torchvision's files (the folder {where.name})"
+    warnings.filterwarnings("ignore", category=JpegFallbackWarning)
+    return (f"data: CIFAR-10 from {where.name}, a JPEG copy of the dataset (torchvision's files are not on this "
+            "machine); JPEG moves each pixel by about 6 grey levels of 255 on average, which changes no "
+            "conclusion of the course")
+
+
 def course_summary(config: Config, quick: bool | None = None) -> str:
     """The lines a notebook prints first: quick or full mode, the dataset and why it is the one,
     the teacher (shipped or trained here) and the students."""
@@ -251,9 +272,10 @@ def course_summary(config: Config, quick: bool | None = None) -> str:
         why = "the embedded set"
     shipped = shipped_for(config.teacher_config())
     teacher = f"the shipped teacher '{shipped}'" if shipped else "trained here once, then cached"
+    source = data_source(config.dataset)
     return "\n".join([
         "quick mode: tiny sizes, accuracies near chance" if quick else "full mode",
-        f"dataset {config.dataset} ({why})",
+        f"dataset {config.dataset} ({why})", *([source] if source else []),
         f"teacher {config.teacher} (width {config.teacher_width}): {teacher}",
         f"students {config.student} (width {config.student_width}), {config.per_class} images per class, "
         f"{config.steps} steps"])

@@ -357,3 +357,77 @@ def test_slow_advice_and_reference_time():
     ref = nbtools.reference_time(nbtools.course_config(quick=False, dataset="cifar10", method="kd"))
     assert ref["n"] >= 3 and 0 < ref["step_s"] < ref["run_s"]             # the committed CIFAR-10 grid's kd runs
     assert nbtools.reference_time(nbtools.course_config(quick=False, dataset="shapes", student_width=3)) is None
+
+
+def test_course_summary_says_where_cifar10_comes_from_once(monkeypatch, tmp_path):
+    """The JPEG copy: said once in plain words in the course summary, and the library's warning
+    about it (a raw UserWarning with paths, in every cell that loads the data) silenced."""
+    import warnings
+
+    import jkt_lab.data as data_mod
+    from jkt_lab.data.cifar import JpegFallbackWarning
+    zp = tmp_path / "cifar10-jpeg.zip"
+    zp.write_bytes(b"")
+    monkeypatch.setattr(data_mod, "cifar10_available", lambda root=None: zp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = nbtools.course_summary(nbtools.course_config(quick=False, dataset="cifar10"))
+        warnings.warn("cifar10: torchvision files not found; using the JPEG copy", JpegFallbackWarning)
+        warnings.warn("another warning", UserWarning)                       # only that one is silenced
+    assert [str(w.message) for w in caught] == ["another warning"]
+    line = next(x for x in summary.splitlines() if x.startswith("data:"))
+    assert "cifar10-jpeg.zip, a JPEG copy" in line and str(tmp_path) not in line   # no machine paths
+    assert issubclass(JpegFallbackWarning, UserWarning)                    # the library still warns elsewhere
+    monkeypatch.setattr(data_mod, "cifar10_available", lambda root=None: tmp_path)
+    assert "torchvision's files" in nbtools.course_summary(nbtools.course_config(quick=False, dataset="cifar10"))
+    assert nbtools.data_source("shapes") is None
+
+
+# --------------------------------------------------------------------------- executed notebooks: clean outputs
+
+#: Text that must never reach a learner's output: warnings, tracebacks, errors.
+DIRTY = re.compile(r"Traceback \(most recent call last\)|\b\w*Warning\b:|^\s*warnings\.warn\(|\bError\b:", re.M)
+
+
+def dirty_outputs(nb) -> list[str]:
+    """Every output of an executed notebook that is stderr, an error, or text with a warning or a
+    traceback in it, as ``"cell N: ..."`` lines."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.output_type == "error":
+                problems.append(f"cell {i}: error {out.ename}: {out.evalue}")
+            elif out.output_type == "stream" and out.name == "stderr" and out.text.strip():
+                problems.append(f"cell {i}: stderr: {out.text.strip()[:300]}")
+            else:
+                text = out.get("text", "") if out.output_type == "stream" else \
+                    "".join(out.get("data", {}).get("text/plain", ""))
+                if DIRTY.search(text):
+                    problems.append(f"cell {i}: {text.strip()[:300]}")
+    return problems
+
+
+def test_dirty_outputs_are_found():
+    ok = nbformat.v4.new_code_cell("1")
+    ok.outputs = [nbformat.v4.new_output("stream", name="stdout", text="full mode\ndataset cifar10\n")]
+    bad = [nbformat.v4.new_output("stream", name="stderr", text="/x.py:12: UserWarning: using the JPEG copy\n"),
+           nbformat.v4.new_output("stream", name="stdout", text="/x/cifar.py:190: UserWarning: cifar10: ...\n"),
+           nbformat.v4.new_output("error", ename="ValueError", evalue="no", traceback=[])]
+    nb = nbformat.v4.new_notebook(cells=[ok] + [nbformat.v4.new_code_cell("2", outputs=[o]) for o in bad])
+    assert [p.split(":")[0] for p in dirty_outputs(nb)] == ["cell 1", "cell 2", "cell 3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_executed_notebook_outputs_are_clean(path, quick_dirs, monkeypatch):
+    """Executed as a learner runs it (quick mode, warnings not filtered), no output of the
+    notebook is stderr, a warning, a traceback or an error."""
+    from nbclient import NotebookClient
+    for key, value in {"JKT_LAB_QUICK": "1", "JKT_LAB_RUNS": str(quick_dirs / "runs"),
+                       "JKT_LAB_CACHE": str(quick_dirs / "cache"), "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                   allow_errors=True).execute()
+    assert not dirty_outputs(nb), "\n".join(dirty_outputs(nb))
