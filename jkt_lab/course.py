@@ -52,8 +52,10 @@ def object_mask_configs(quick: bool | None = None) -> list[Config]:
 
 
 def panel_example_config(quick: bool | None = None) -> Config:
-    """The run notebook 03 makes from its panel (a ``ce`` student at 5 images per class)."""
-    return course_config(quick=quick, method="ce", per_class=5)
+    """The run notebook 03 makes from its panel (a ``ce`` student at 5 images per class, with the
+    panel's history rows: :func:`jkt_lab.nbtools.panel_config`)."""
+    from .nbtools import panel_config
+    return panel_config(course_config(quick=quick, method="ce", per_class=5))
 
 
 def _needs_teacher(config: Config) -> bool:
@@ -356,8 +358,10 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
     train - validation gap, test accuracy above chance (in binomial standard errors of a
     chance-level classifier on the test set), and how far Jacobian matching trained: the
     training-batch cosine implied by the history's ``loss/jacobian`` (one matched output per
-    example: ``cos = 1 - loss / (2 jacobian_weight)``) in the first and last rows, and the
-    ``jacobian_cosine/<split>`` values of the last row when the history records them."""
+    example: ``cos = 1 - loss / (2 jacobian_weight)``) in the first and last rows ("cosine in
+    the loss": the training batches, as the step saw them), and the ``jacobian_cosine/<split>``
+    values of the last row when the history records them ("cosine measured on train /
+    validation images": fixed images, eval mode)."""
     records = list(records)
     by: dict[str, list[Mapping]] = {}
     for r in records:
@@ -380,13 +384,14 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
                 and all(m.get("history") and "loss/jacobian" in m["history"][0] for m in members):
             # one matched output per example: loss/jacobian = weight * (2 - 2 cos), batch mean
             cos = lambda h: 1 - h["loss/jacobian"] / (2 * c["jacobian_weight"])  # noqa: E731
-            row["Jacobian cosine, first row"] = statistics.fmean(cos(m["history"][0]) for m in members)
-            row["Jacobian cosine, last row"] = statistics.fmean(cos(m["history"][-1]) for m in members)
+            row["cosine in the loss, first row"] = statistics.fmean(cos(m["history"][0]) for m in members)
+            row["cosine in the loss, last row"] = statistics.fmean(cos(m["history"][-1]) for m in members)
         for split in ("train", "val"):
             values = [m["history"][-1].get(f"jacobian_cosine/{split}") for m in members if m.get("history")]
             values = [v for v in values if v is not None]
             if values:
-                row[f"Jacobian cosine ({split}, last row)"] = statistics.fmean(values)
+                row[f"cosine measured on {'train' if split == 'train' else 'validation'} images, last row"] = \
+                    statistics.fmean(values)
         rows.append(row)
     return rows
 

@@ -22,7 +22,7 @@ from .config import Config, quick_mode
 
 __all__ = ["COURSE_DATASETS", "CIFAR10_TRANSFER", "course_dataset", "course_config", "transfer_config",
            "indoor67_config", "course_summary", "course_store", "committed_results", "committed_robustness",
-           "committed_distillation", "reference_time", "data_source", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
+           "committed_distillation", "reference_time", "data_source", "panel_config", "one_per_class", "PANEL_ROWS", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
            "strip_outputs", "notebook_outputs", "main"]
 
 #: The students compared in notebooks 02-04 (Section 5 of the paper: few-shot distillation).
@@ -91,6 +91,35 @@ def course_config(quick: bool | None = None, dataset: str | None = None, **chang
     else:
         raise ValueError(f"dataset must be one of {', '.join(COURSE_DATASETS)}, got {dataset!r}")
     return _sized(base, quick).replace(**changes)
+
+
+#: About this many history rows in a run made from a panel: its live curve gets a point every
+#: few seconds (a row evaluates the validation images and two small Jacobian probes).
+PANEL_ROWS = 12
+
+
+def panel_config(config: Config) -> Config:
+    """``config`` with ``eval_every`` (in epochs) set for about :data:`PANEL_ROWS` history rows,
+    so that a panel's live training curve is a curve, not two or three points; unchanged when the
+    number of training images is not known from the config (``per_class`` and the classes)."""
+    import math
+    from .data import SHAPE_CLASSES
+    n_classes = len(config.classes) if config.classes else {"cifar10": 10, "shapes": len(SHAPE_CLASSES)}.get(
+        config.dataset)
+    if not config.steps or not config.per_class or not n_classes:
+        return config
+    n_train = config.per_class * n_classes
+    n_epochs = math.ceil(config.steps / math.ceil(n_train / min(config.batch_size, n_train)))
+    return config.replace(eval_every=max(1, n_epochs // PANEL_ROWS))
+
+
+def one_per_class(labels, n: int):
+    """Indices of the first example of each class, in class order, for at most ``n`` classes (a
+    test set sorted by class gives its first ``n`` images all of one class)."""
+    import torch
+    labels = torch.as_tensor(labels)
+    picks = [int(torch.nonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
+    return torch.tensor(picks[:n], dtype=torch.long)
 
 
 def transfer_config(quick: bool | None = None, dataset: str | None = None, **changes) -> Config:

@@ -121,15 +121,20 @@ def _loglog(fig: go.Figure, ytitle: str, title: str) -> go.Figure:
 
 
 def reference_lines(fig: go.Figure, *, chance: float | None = None, teacher: float | None = None,
-                    row: int | None = None, col: int | None = None) -> go.Figure:
+                    row: int | None = None, col: int | None = None, outside: bool = False) -> go.Figure:
     """Dotted horizontal lines at chance and at the teacher's accuracy (fractions; drawn in %),
-    so that a student's accuracy is read against both."""
+    so that a student's accuracy is read against both. Their labels sit at the top left of the
+    line, or, with ``outside`` (bar charts, whose first bar would cover them), to the right of
+    the plotting area, in a margin made for them."""
     where = {} if row is None else {"row": row, "col": col}
     for value, name, color in ((chance, "chance", "#7f7f7f"), (teacher, "teacher", "#000000")):
         if value is not None:
             fig.add_hline(y=100 * float(value), line={"dash": "dot", "color": color, "width": 1},
-                          annotation_text=f"{name} {100 * float(value):.1f}%", annotation_position="top left",
+                          annotation_text=f"{name} {100 * float(value):.1f}%",
+                          annotation_position="right" if outside else "top left",
                           annotation_font={"size": 10, "color": color}, **where)
+    if outside and (chance is not None or teacher is not None):
+        fig.update_layout(margin={"r": max(90, (fig.layout.margin.r or 0))})
     return fig
 
 
@@ -395,7 +400,7 @@ def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.t
     fig.update_xaxes(tickvals=names, ticktext=[f"{n}<br>n={len(groups[n])}" for n in names])
     fig.update_yaxes(title="accuracy (%)", rangemode="tozero")
     fig.update_layout(title=title, template="plotly_white")
-    return reference_lines(fig, chance=chance, teacher=teacher)
+    return reference_lines(fig, chance=chance, teacher=teacher, outside=True)
 
 
 def attention_figure(model, image, *, p: float = 2.0, title: str = "Attention maps and their Jacobians") -> go.Figure:
@@ -468,9 +473,11 @@ def accuracy_groups_figure(records: Iterable[Mapping], *, x: str = "config.per_c
                              error_y={"type": "data", "array": [100 * p[2] for p in pts]},
                              text=[f"{100 * p[1]:.1f}" for p in pts], textposition="inside", insidetextanchor="start",
                              marker={"color": variant_color(name)}, hovertext=[f"n = {p[3]}" for p in pts]))
-    for i, (name, value) in enumerate((reference or {}).items()):
+    for name, value in (reference or {}).items():     # labels right of the plot, where no bar covers them
         fig.add_hline(y=100 * value, line={"dash": "dot", "color": "#555555"}, annotation_text=f"{name} {100 * value:.0f}%",
-                      annotation_position="top left" if i % 2 == 0 else "bottom left")
+                      annotation_position="right", annotation_font={"size": 10})
+    if reference:
+        fig.update_layout(margin={"r": 90})
     axis = {"per_class": "images per class", "variant": "method", "method": "method"}.get(x.split(".")[-1], x)
     fig.update_xaxes(type="category", title=axis, categoryorder="array",
                      categoryarray=[label[v] for v in values])

@@ -340,7 +340,7 @@ class DistillationPanel(Panel):
     DATASETS = ("shapes", "digits", "cifar10", "imagefolder", "npz")
 
     def __init__(self, store, base: Config | None = None):
-        from .nbtools import committed_results, course_config
+        from .nbtools import course_config
         self.store_path = Path(store)
         self.base = base or course_config()
         b = self.base
@@ -366,6 +366,7 @@ class DistillationPanel(Panel):
         }
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps")
         self.table = widgets.HTML()
+        self.committed_title = widgets.HTML()
         self.committed = widgets.HTML()
         self.history: list[dict] = []
         self.record: dict | None = None
@@ -374,16 +375,27 @@ class DistillationPanel(Panel):
         super().__init__("Few-shot distillation: train one student (or three seeds)", controls, extra=(self.progress,),
                          below=(widgets.HTML("<b>Your runs</b>: one row per setting (every setting that differs "
                                              "between your runs is a column), test accuracy % as mean ± std over "
-                                             "its n runs (seeds)"), self.table,
-                                widgets.HTML("<b>Committed results</b> (results/*.jsonl; their settings are in "
-                                             "each file's REPORT.md)"), self.committed))
+                                             "its n runs (seeds)"), self.table, self.committed_title, self.committed))
         self.refresh_table()
-        committed = committed_results()
-        if committed:
-            from .report import accuracy_table
-            self.committed.value = html_table(accuracy_table(committed))
-        else:
-            self.committed.value = "<i>no committed results yet (results/*.jsonl not found)</i>"
+        self.refresh_committed()
+        self.controls["dataset"].observe(lambda _change: self.refresh_committed(), names="value")
+
+    def refresh_committed(self) -> None:
+        """The committed few-shot distillation results of the dataset chosen in the panel
+        (:func:`jkt_lab.nbtools.committed_distillation`), named, as a table by images per class."""
+        from .nbtools import _COMMITTED_DISTILLATION, committed_distillation
+        from .report import accuracy_table
+        dataset = self.controls["dataset"].value
+        folder = _COMMITTED_DISTILLATION.get(dataset)
+        where = "results/*.jsonl" if folder == "." else f"results/{folder}/"
+        records = committed_distillation(dataset) if folder else []
+        self.committed_title.value = (f"<b>Committed results on {html.escape(dataset)}</b> ({html.escape(where)}: "
+                                      "few-shot distillation, test accuracy % as mean ± std over seeds, by images per "
+                                      "class; their settings are in the folder's REPORT.md)"
+                                      if records else f"<b>Committed results on {html.escape(dataset)}</b>")
+        self.committed.value = (html_table(accuracy_table(records)) if records else
+                                f"<i>no committed results on {html.escape(dataset)} in this copy "
+                                "(`jkt-lab reproduce` writes them under results/)</i>")
 
     def config(self) -> Config:
         c = {k: w.value for k, w in self.controls.items()}
@@ -399,7 +411,8 @@ class DistillationPanel(Panel):
                 base = course_config(dataset=c["dataset"])
             else:                                 # n_train/n_test size the generated shapes only
                 changes.update(n_train=None, n_test=None)
-        return base.replace(**changes)
+        from .nbtools import panel_config
+        return panel_config(base.replace(**changes))
 
     def configs(self) -> list[Config]:
         """The runs one press of Run makes: the settings at ``seeds`` consecutive seeds."""

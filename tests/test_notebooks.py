@@ -431,3 +431,10 @@ def test_executed_notebook_outputs_are_clean(path, quick_dirs, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
                    allow_errors=True).execute()
     assert not dirty_outputs(nb), "\n".join(dirty_outputs(nb))
+
+
+def test_notebook_02_saliency_grid_takes_one_image_per_class():
+    """The test set is sorted by class: its first six images are six airplanes."""
+    path = next(p for p in NOTEBOOKS if p.name.startswith("02"))
+    cell = next(c.source for c in code_cells(path) if "viz.saliency_grid(" in c.source)
+    assert "nbtools.one_per_class(data.y_test" in cell and "data.x_test[:" not in cell

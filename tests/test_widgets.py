@@ -77,7 +77,7 @@ def test_equivalence_panel_reports_errors():
 
 def test_distillation_panel_defaults(store):
     panel = widgets.distillation_panel(store=store)
-    assert panel.config() == nbtools.course_config()            # the notebooks' setting, quick-sized
+    assert panel.config() == nbtools.panel_config(nbtools.course_config())   # the notebooks' setting, quick-sized
     assert panel.controls["steps"].value == nbtools.course_config().steps
 
 
@@ -114,9 +114,9 @@ def test_distillation_panel_switches_to_the_course_setting_of_a_course_dataset(s
     panel.controls["dataset"].value = "cifar10"
     panel.controls["per_class"].value = 5
     shown = {k: getattr(base, k) for k in ("method", "jacobian_weight", "sigma", "steps", "seed")}  # the controls
-    assert panel.config() == nbtools.course_config(dataset="cifar10", per_class=5, **shown)      # its vgg teacher
+    assert panel.config() == nbtools.panel_config(nbtools.course_config(dataset="cifar10", per_class=5, **shown))
     panel.controls["dataset"].value = "shapes"
-    assert panel.config() == base.replace(per_class=5)                  # back to the panel's own base
+    assert panel.config() == nbtools.panel_config(base.replace(per_class=5))   # back to the panel's own base
 
 
 def test_distillation_panel_without_committed_results(store, base, monkeypatch, tmp_path):
@@ -551,3 +551,64 @@ def test_report_tables_have_uniform_decimals():
     fig = viz.noise_figure([_rec("kd", per_class=pc) for pc in (1, 5)])
     md = Document("T").figure(fig).markdown()
     assert "<br>" not in md and "<sup>" not in md and "(mean over seeds" in md
+
+
+def test_bar_charts_put_the_reference_labels_where_no_bar_covers_them():
+    recs = [_rec(v, acc=0.3) for v in ("ce", "kd")]
+    for fig in (viz.accuracy_bars(recs, lambda r: r["config"]["method"], chance=0.1, teacher=0.85),
+                viz.accuracy_groups_figure(recs, reference={"chance": 0.1, "teacher": 0.85})):
+        labels = [a for a in fig.to_dict()["layout"]["annotations"] if a["text"].startswith(("chance", "teacher"))]
+        assert len(labels) == 2
+        assert all(a["x"] == 1 and a["xanchor"] == "left" and a["xref"].endswith("domain") for a in labels)
+        assert fig.layout.margin.r >= 90                                   # room for them right of the plot
+
+
+def test_fit_summary_names_its_cosine_columns_apart():
+    from jkt_lab.config import Config
+    from jkt_lab import course
+    hist = [{"step": 1, "loss/jacobian": 1.8, "jacobian_cosine/train": 0.3, "jacobian_cosine/val": 0.2},
+            {"step": 2, "loss/jacobian": 1.6, "jacobian_cosine/train": 0.4, "jacobian_cosine/val": 0.25}]
+    rec = {"config": Config(method="kd+jacobian", n_test=1000).to_dict(), "history": hist,
+           "metrics": {"test_acc": 0.3, "train_acc": 0.9, "val_acc": 0.35}}
+    row = course.fit_summary([rec])[0]
+    cos = [k for k in row if "cosine" in k]
+    assert len(cos) == 4
+    assert sorted(cos) == sorted(["cosine in the loss, first row", "cosine in the loss, last row",
+                                  "cosine measured on train images, last row",
+                                  "cosine measured on validation images, last row"])
+
+
+# --------------------------------------------------------------------------- notebook 03's panel: its dataset's committed results
+
+
+def test_distillation_panel_shows_the_committed_results_of_its_dataset(store, base):
+    panel = widgets.distillation_panel(store=store, base=base)           # shapes
+    assert "shapes" in panel.committed_title.value and "results/" in panel.committed_title.value
+    shapes_table = panel.committed.value
+    assert "<table>" in shapes_table and "kd+jacobian" in shapes_table
+    panel.controls["dataset"].value = "cifar10"                            # refreshes on its own
+    assert "cifar10" in panel.committed_title.value and "cifar10-cpu" in panel.committed_title.value
+    assert panel.committed.value != shapes_table and "kd+jacobian (squared)" in panel.committed.value
+    assert "at+jacobian" not in panel.committed.value                     # the distillation part only
+    panel.controls["dataset"].value = "digits"
+    assert "no committed results on digits" in panel.committed.value
+
+
+def test_panel_runs_record_enough_history_rows_for_a_curve(store):
+    from jkt_lab import course
+    from jkt_lab.cost import _history_rows
+    for dataset in ("cifar10", "shapes"):
+        config = widgets.distillation_panel(store=store, base=nbtools.course_config(quick=False,
+                                                                                    dataset=dataset)).config()
+        n_train = config.per_class * 10
+        assert 10 <= _history_rows(config, n_train) <= 25, (dataset, config.eval_every)
+    example = course.panel_example_config(quick=False)                    # prepared: the panel's own setting
+    panel = widgets.distillation_panel(store=store, base=nbtools.course_config(quick=False))
+    panel.controls["method"].value, panel.controls["per_class"].value = "ce", 5
+    assert panel.config() == example
+
+
+def test_one_image_per_class():
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3])                          # the test set, sorted by class
+    assert nbtools.one_per_class(y, 3).tolist() == [0, 3, 5]
+    assert nbtools.one_per_class(y, 10).tolist() == [0, 3, 5, 8]           # as many classes as there are
