@@ -55,12 +55,14 @@ def html_table(rows, columns=None, *, empty: str = "no results yet", floatfmt: s
         return f"<i>{html.escape(empty)}</i>"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th style='padding:2px 8px;text-align:left'>{html.escape(str(c))}</th>" for c in columns)
+    from .report import _column_formats          # a "g" format: the same decimals down each column
+    formats = _column_formats(rows, columns, floatfmt)
 
-    def td(v):
+    def td(v, c):
         align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
-        return f"<td style='padding:2px 8px;text-align:{align}'>{html.escape(_cell(v, floatfmt))}</td>"
+        return f"<td style='padding:2px 8px;text-align:{align}'>{html.escape(_cell(v, formats[c]))}</td>"
 
-    body = "".join("<tr>" + "".join(td(r.get(c)) for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(td(r.get(c), c) for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

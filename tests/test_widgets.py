@@ -612,3 +612,9 @@ def test_one_image_per_class():
     y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3])                          # the test set, sorted by class
     assert nbtools.one_per_class(y, 3).tolist() == [0, 3, 5]
     assert nbtools.one_per_class(y, 10).tolist() == [0, 3, 5, 8]           # as many classes as there are
+
+
+def test_notebook_tables_have_uniform_decimals_per_column():
+    import re
+    t = widgets.table([{"norm": 23.178, "cos": 0.0209}, {"norm": 2.18, "cos": 0.194}], floatfmt=".3g")
+    assert re.findall(r">([0-9.]+)</td>", t._repr_html_()) == ["23.18", "0.0209", "2.18", "0.1940"]
