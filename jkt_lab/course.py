@@ -53,8 +53,10 @@ def object_mask_configs(quick: bool | None = None) -> list[Config]:
 
 
 def panel_example_config(quick: bool | None = None) -> Config:
-    """The run notebook 03 makes from its panel (a ``ce`` student at 5 images per class)."""
-    return course_config(quick=quick, method="ce", per_class=5)
+    """The run notebook 03 makes from its panel (a ``ce`` student at 5 images per class, with the
+    panel's history rows: :func:`jkt_lab.nbtools.panel_config`)."""
+    from .nbtools import panel_config
+    return panel_config(course_config(quick=quick, method="ce", per_class=5))
 
 
 def _needs_teacher(config: Config) -> bool:
@@ -71,19 +73,26 @@ def _teachers(configs: Iterable[Config]) -> list[Config]:
     return list(found.values())
 
 
+def _bar(**kw):
+    """The course's progress bar (tqdm's notebook widget under Jupyter): :func:`jkt_lab.progress.bar`."""
+    from .progress import bar
+    return bar(**kw)
+
+
 def run_all(configs: Sequence[Config], store: str | Path | ResultStore | None = None, *, device="auto",
-            progress: bool = True, desc: str = "runs") -> list[dict]:
+            progress: bool = True, desc: str = "runs", bar=None, on_run=None) -> list[dict]:
     """Run every config not yet in ``store`` (default :func:`jkt_lab.nbtools.course_store`) and
     return all their records, in order.
 
     Teachers come first, each with its own progress bar; then one bar over the runs shows how
     many are done and the time left (tqdm's estimate from the runs so far), with the current
     run's bar below it. Resumable: finished runs are skipped, a killed teacher resumes from its
-    checkpoint.
+    checkpoint. ``bar``: a bar of the caller's (:func:`prepare`'s, over several lists), advanced
+    by one for each run trained here and left open; ``on_run(config, seconds)`` after each.
     """
     from tqdm.auto import tqdm
 
-    from .experiments import get_teacher, run
+    from . import experiments
     from .pretrained import shipped_for
     configs = list(configs)
     for i, c in enumerate(configs):
@@ -98,21 +107,53 @@ def run_all(configs: Sequence[Config], store: str | Path | ResultStore | None = 
             print(f"teacher: {t.student} (width {t.student_width}) on {t.dataset}, {t.epochs} epochs; " +
                   (f"the shipped teacher '{shipped}'" if shipped else "trained once, then loaded from the cache"),
                   flush=True)
-        get_teacher(c, device=device, progress=progress)
-    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc=desc, unit="run", disable=not progress,
-               dynamic_ncols=True)
+        experiments.get_teacher(c, device=device, progress=progress)
+    own = bar is None
+    if own:
+        bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc=desc, unit="run", disable=not progress,
+                   dynamic_ncols=True)
     records = []
     try:
         for c in configs:
             if store.done(c.to_dict()):
                 records.append(store.get(c.to_dict()))
                 continue
-            bar.set_postfix_str(f"{c.method}, {c.per_class} per class, seed {c.seed}")
-            records.append(run(c, store=store, device=device, progress=progress))
+            if own:
+                bar.set_postfix_str(f"{c.method}, {c.per_class} per class, seed {c.seed}")
+            t0 = time.perf_counter()
+            records.append(experiments.run(c, store=store, device=device, progress=progress))
             bar.update(1)
+            if on_run is not None:
+                on_run(c, time.perf_counter() - t0)
     finally:
-        bar.close()
+        if own:
+            bar.close()
     return records
+
+
+def _plan(parts, store: ResultStore) -> tuple[list[dict], dict]:
+    """Per part: its runs, those to train, and what the committed runs of the same settings took
+    (:func:`jkt_lab.nbtools.reference_time`); each run counted once, in the first part naming it."""
+    from .nbtools import reference_time
+    from .results import config_hash
+    seen: set[str] = set()
+    rows, reference = [], {}
+    for name, configs in parts:
+        row = {"part": name, "runs": len(configs), "new": 0, "reference_s": 0.0, "unknown": 0}
+        for c in configs:
+            key = config_hash(c.to_dict())
+            if key in seen or store.done(c.to_dict()):
+                continue
+            seen.add(key)
+            row["new"] += 1
+            ref = reference_time(c)
+            reference[key] = ref["run_s"] if ref else None
+            if ref:
+                row["reference_s"] += ref["run_s"]
+            else:
+                row["unknown"] += 1
+        rows.append(row)
+    return rows, reference
 
 
 def prepare(quick: bool | None = None, *, device="auto", progress: bool = True,
@@ -122,9 +163,16 @@ def prepare(quick: bool | None = None, *, device="auto", progress: bool = True,
     (``JKT_LAB_RUNS``). Resumable: run it again after an interruption and it goes on where it
     stopped. Returns one row per part: runs, how many were new, seconds.
 
+    It says first what it will do: the runs of each part, how many are still to train, and an
+    overall estimate (the committed runs' times, :func:`jkt_lab.nbtools.reference_time`); then
+    one bar over every run, whose time left is that estimate scaled by how fast the runs go
+    here. When they go far slower than the committed runs, it says so once, with what to do.
+
     The online transfer of notebook 05 (MIT Indoor-67) is not prepared: it needs the dataset.
     """
-    from .experiments import load_data
+    from . import experiments
+    from .progress import duration, slow_advice
+    from .results import config_hash
     quick = quick_mode() if quick is None else quick
     store = ResultStore(course_store() if store is None else store)
     distillation = distillation_configs(quick)
@@ -133,18 +181,61 @@ def prepare(quick: bool | None = None, *, device="auto", progress: bool = True,
              ("notebook 05: transfer students", transfer_configs(quick))]
     if distillation[0].dataset != "shapes":
         parts.insert(2, ("notebook 02: shapes students for the object masks", object_mask_configs(quick)))
+    plan, reference = _plan(parts, store)
+    n_runs = len({config_hash(c.to_dict()) for _, cs in parts for c in cs})
+    n_new = sum(r["new"] for r in plan)
+    known = sum(r["reference_s"] for r in plan)
+    unknown = sum(r["unknown"] for r in plan)
+    if progress:
+        print(f"prepare-course: {n_runs} runs in {len(parts)} parts, {n_new} to train "
+              f"({n_runs - n_new} already in {store.path})", flush=True)
+        for r in plan:
+            print(f"  {r['part']}: {r['runs']} runs, {r['new']} to train", flush=True)
+        if n_new == 0:
+            print("estimated time: nothing to train", flush=True)
+        elif known > 0:
+            print(f"estimated time: {duration(known)} of training on 2 idle CPU cores (what the committed runs of "
+                  f"the same settings took)" + (f", plus {unknown} runs with no committed run to go by" if unknown
+                                                else "")
+                  + "; a machine shared with other jobs is slower, and the bar's time left follows the runs here",
+                  flush=True)
+        else:
+            print("estimated time: no committed run of these settings to go by; the bar's time left starts after "
+                  "the first run", flush=True)
     rows = []
     t0 = time.perf_counter()
     for config in {c.dataset: c for _, cs in parts for c in cs}.values():
-        load_data(config)                      # decodes and caches real datasets once
+        experiments.load_data(config)          # decodes and caches real datasets once
     rows.append({"part": "data", "runs": 0, "new": 0, "seconds": round(time.perf_counter() - t0, 1)})
-    for name, configs in parts:
-        t0 = time.perf_counter()
-        new = sum(not store.done(c.to_dict()) for c in configs)
-        if progress:
-            print(f"{name}: {len(configs)} runs, {new} to train", flush=True)
-        run_all(configs, store, device=device, progress=progress, desc=name.split(":")[0])
-        rows.append({"part": name, "runs": len(configs), "new": new, "seconds": round(time.perf_counter() - t0, 1)})
+    bar = _bar(total=n_runs, initial=n_runs - n_new, desc="course", unit="run", progress=progress)
+    pace = {"measured": 0.0, "reference": 0.0, "left": known, "said": False}
+
+    def on_run(config, seconds):
+        ref = reference.get(config_hash(config.to_dict()))
+        if ref:
+            pace["measured"] += seconds
+            pace["reference"] += ref
+            pace["left"] -= ref
+        if not pace["reference"]:
+            return
+        ratio = pace["measured"] / pace["reference"]
+        advice = slow_advice(pace["measured"], pace["reference"], "the committed runs on 2 idle cores")
+        bar.set_postfix_str(f"{duration(max(pace['left'], 0.0) * ratio)} left"
+                            + (f" ({ratio:.0f}x slower than the committed runs)" if advice else ""))
+        if advice and not pace["said"] and progress:
+            pace["said"] = True
+            from tqdm.auto import tqdm
+            tqdm.write("these runs go " + advice)
+    try:
+        for name, configs in parts:
+            t0 = time.perf_counter()
+            new = sum(not store.done(c.to_dict()) for c in configs)
+            bar.set_description_str(name.split(":")[0])
+            run_all(configs, store, device=device, progress=progress, bar=bar, on_run=on_run)
+            rows.append({"part": name, "runs": len(configs), "new": new,
+                         "seconds": round(time.perf_counter() - t0, 1)})
+    finally:
+        bar.close()
     return rows
 
 
@@ -268,8 +359,10 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
     train - validation gap, test accuracy above chance (in binomial standard errors of a
     chance-level classifier on the test set), and how far Jacobian matching trained: the
     training-batch cosine implied by the history's ``loss/jacobian`` (one matched output per
-    example: ``cos = 1 - loss / (2 jacobian_weight)``) in the first and last rows, and the
-    ``jacobian_cosine/<split>`` values of the last row when the history records them."""
+    example: ``cos = 1 - loss / (2 jacobian_weight)``) in the first and last rows ("cosine in
+    the loss": the training batches, as the step saw them), and the ``jacobian_cosine/<split>``
+    values of the last row when the history records them ("cosine measured on train /
+    validation images": fixed images, eval mode)."""
     records = list(records)
     by: dict[str, list[Mapping]] = {}
     for r in records:
@@ -292,13 +385,14 @@ def fit_summary(records: Iterable[Mapping], group: str = "config.method") -> lis
                 and all(m.get("history") and "loss/jacobian" in m["history"][0] for m in members):
             # one matched output per example: loss/jacobian = weight * (2 - 2 cos), batch mean
             cos = lambda h: 1 - h["loss/jacobian"] / (2 * c["jacobian_weight"])  # noqa: E731
-            row["Jacobian cosine, first row"] = statistics.fmean(cos(m["history"][0]) for m in members)
-            row["Jacobian cosine, last row"] = statistics.fmean(cos(m["history"][-1]) for m in members)
+            row["cosine in the loss, first row"] = statistics.fmean(cos(m["history"][0]) for m in members)
+            row["cosine in the loss, last row"] = statistics.fmean(cos(m["history"][-1]) for m in members)
         for split in ("train", "val"):
             values = [m["history"][-1].get(f"jacobian_cosine/{split}") for m in members if m.get("history")]
             values = [v for v in values if v is not None]
             if values:
-                row[f"Jacobian cosine ({split}, last row)"] = statistics.fmean(values)
+                row[f"cosine measured on {'train' if split == 'train' else 'validation'} images, last row"] = \
+                    statistics.fmean(values)
         rows.append(row)
     return rows
 

@@ -228,7 +228,20 @@ def _check_normalized_loss(fn) -> tuple[bool, str]:
         sf, tf = s.flatten(2), t.flatten(2)
         unit = lambda a, dims: a / a.pow(2).sum(dim=dims, keepdim=True).sqrt()  # noqa: E731
         per_row = (F.normalize(tf, dim=2) - F.normalize(sf, dim=2)).pow(2).sum(dim=2)
+        cos = (F.normalize(tf, dim=2) * F.normalize(sf, dim=2)).sum(dim=2)          # (batch, outputs)
+        n_out = s.shape[1]
         known = [
+            ((2 + 2 * cos).sum(dim=1).mean(),
+             f"check the sign of the cosine term: your loss plus the library's is exactly {2 * 2 * n_out} (4 per "
+             f"output, {n_out} outputs), so you computed 2 + 2 cos, the distance of J_T/||J_T|| to -J_S/||J_S||. "
+             "Subtract the unit vectors (t - s) before squaring."),
+            ((2 - cos).sum(dim=1).mean(),
+             "a missing factor 2: that is 2 - cos; the squared distance of two unit vectors is "
+             "||t||^2 + ||s||^2 - 2 t.s = 2 - 2 cos."),
+            (cos.sum(dim=1).mean(), "that is the cosine itself (summed over outputs, averaged over the batch); the "
+                                    "loss is 2 - 2 cos, which is 0 when the Jacobians point the same way."),
+            (-cos.sum(dim=1).mean(), "that is minus the cosine; the loss is 2 - 2 cos (0 when the Jacobians align, "
+                                     "4 when they point opposite ways)."),
             ((tf - sf).pow(2).sum(dim=2).sum(dim=1).mean(),
              "that is the squared distance of the raw Jacobians: normalise each one to unit length first "
              "(divide by its l2 norm over the input dimensions)."),
@@ -318,6 +331,10 @@ def _check_monte_carlo(fn) -> tuple[bool, str]:
         (ref * batch, tol * batch, "reduction: average over the examples (and the noise samples); you summed over "
                                    "the examples."),
         (split, 3 * tol, "teacher and student must see the same noisy copy x + sigma z; you drew the noise twice."),
+        (ref * n, tol * n, "reduction: you summed over the noise samples (the estimate grew with n_samples); average "
+                           "over the n_samples draws."),
+        (ref * n * batch, tol * n * batch, "reduction: you summed over the noise samples and the examples; average "
+                                           "over both (an expectation is a mean)."),
     ]
     for target, within, message in known:
         if abs(value - target) <= within:
@@ -361,12 +378,17 @@ def _check_top1_jacobian(fn) -> tuple[bool, str]:
     xg = x.clone().requires_grad_(True)
     logits = model(xg)
     candidates = {
+        "sign": -ref,
+        "argmin": torch.autograd.grad(logits.min(1).values.sum(), xg, retain_graph=True)[0].unsqueeze(1),
         "mean": ref / x.shape[0],
         "all": torch.autograd.grad(logits.sum(), xg, retain_graph=True)[0].unsqueeze(1),
         "prob": torch.autograd.grad(logits.softmax(1).max(1).values.sum(), xg, retain_graph=True)[0].unsqueeze(1),
         "logprob": torch.autograd.grad(logits.log_softmax(1).max(1).values.sum(), xg)[0].unsqueeze(1),
     }
     messages = {
+        "sign": ("check the sign: your Jacobian is exactly minus the library's (the gradient of -logit, or a "
+                 "negated result); differentiate the top-1 logit itself."),
+        "argmin": "you took each example's smallest logit (min / argmin); the top-1 output is the largest (argmax).",
         "mean": ("reduction: you averaged the top-1 logits over the batch, so every Jacobian is 1/batch too small; "
                  "sum them (in eval mode examples are independent: row i of the gradient of the sum is example i's own)."),
         "all": "you differentiated the sum of all logits; select each example's top-1 logit first (logits.gather).",
@@ -438,6 +460,24 @@ def _check_jacobian_step(fn) -> tuple[bool, str]:
                            "you used the student's.")
         if math.isclose(float(loss), ref_loss / weight, rel_tol=1e-4):
             return False, "multiply the loss by jacobian_weight."
+        if math.isclose(float(loss) + ref_loss, 4 * weight, rel_tol=1e-4):
+            return False, (f"check the sign of the cosine term: your loss ({float(loss):.6g}) plus the library's "
+                           f"({ref_loss:.6g}) is exactly 4 x jacobian_weight = {4 * weight:g}, so you computed "
+                           "jacobian_weight * (2 + 2 cos); the loss is jacobian_weight * (2 - 2 cos).")
+        cos = 1 - ref_loss / (2 * weight)                 # the batch mean cosine of the library's step
+        if math.isclose(float(loss), ref_loss / 2, rel_tol=1e-4):
+            return False, ("a missing factor 2: that is jacobian_weight * (1 - cos), half the loss; the normalised "
+                           "loss is the squared distance of unit vectors, 2 - 2 cos.")
+        if math.isclose(float(loss), weight * (2 - cos), rel_tol=1e-4):
+            return False, ("a missing factor 2: that is jacobian_weight * (2 - cos); the squared distance of two unit "
+                           "vectors is 2 - 2 cos.")
+        if math.isclose(float(loss), ref_loss * x.shape[0], rel_tol=1e-4):
+            return False, (f"reduction: you summed over the {x.shape[0]} examples of the batch; average over the "
+                           "batch (the library's loss is a batch mean).")
+        j_s, j_t = jacobian(student, x, "top1", reference=teacher(x).detach())[0], jacobian(teacher, x, "top1")[0]
+        if math.isclose(float(loss), weight * float(jacobian_loss(j_s, j_t, "squared")), rel_tol=1e-4):
+            return False, ("normalise the Jacobians first: that is the squared distance of the raw Jacobians; divide "
+                           "each by its norm (the loss is 2 - 2 cos, blind to either Jacobian's scale).")
         return False, f"your loss is {float(loss):.6g}, the library's {ref_loss:.6g} (same student, teacher and batch)."
     stale = all(torch.allclose(after[k], after_ref[k] - lr, atol=1e-5) for k in before)
     if stale:

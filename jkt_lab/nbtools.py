@@ -11,6 +11,7 @@ widgets, the tests and the notebooks run the same experiments. Quick mode (``JKT
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from .config import Config, quick_mode
 
 __all__ = ["COURSE_DATASETS", "CIFAR10_TRANSFER", "course_dataset", "course_config", "transfer_config",
            "indoor67_config", "course_summary", "course_store", "committed_results", "committed_robustness",
-           "committed_distillation", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
+           "committed_distillation", "reference_time", "data_source", "panel_config", "one_per_class", "PANEL_ROWS", "trained_models", "toy_pair", "transfer_label", "run_online_transfer", "DISTILLATION_METHODS", "TRANSFER_RUNS",
            "strip_outputs", "notebook_outputs", "main"]
 
 #: The students compared in notebooks 02-04 (Section 5 of the paper: few-shot distillation).
@@ -90,6 +91,35 @@ def course_config(quick: bool | None = None, dataset: str | None = None, **chang
     else:
         raise ValueError(f"dataset must be one of {', '.join(COURSE_DATASETS)}, got {dataset!r}")
     return _sized(base, quick).replace(**changes)
+
+
+#: About this many history rows in a run made from a panel: its live curve gets a point every
+#: few seconds (a row evaluates the validation images and two small Jacobian probes).
+PANEL_ROWS = 12
+
+
+def panel_config(config: Config) -> Config:
+    """``config`` with ``eval_every`` (in epochs) set for about :data:`PANEL_ROWS` history rows,
+    so that a panel's live training curve is a curve, not two or three points; unchanged when the
+    number of training images is not known from the config (``per_class`` and the classes)."""
+    import math
+    from .data import SHAPE_CLASSES
+    n_classes = len(config.classes) if config.classes else {"cifar10": 10, "shapes": len(SHAPE_CLASSES)}.get(
+        config.dataset)
+    if not config.steps or not config.per_class or not n_classes:
+        return config
+    n_train = config.per_class * n_classes
+    n_epochs = math.ceil(config.steps / math.ceil(n_train / min(config.batch_size, n_train)))
+    return config.replace(eval_every=max(1, n_epochs // PANEL_ROWS))
+
+
+def one_per_class(labels, n: int):
+    """Indices of the first example of each class, in class order, for at most ``n`` classes (a
+    test set sorted by class gives its first ``n`` images all of one class)."""
+    import torch
+    labels = torch.as_tensor(labels)
+    picks = [int(torch.nonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))]
+    return torch.tensor(picks[:n], dtype=torch.long)
 
 
 def transfer_config(quick: bool | None = None, dataset: str | None = None, **changes) -> Config:
@@ -196,6 +226,63 @@ def committed_distillation(dataset: str) -> list[dict]:
             and r["config"].get("extra", {}).get("part") in (None, "distillation")]
 
 
+#: The settings that decide what a training step costs (with the device): runs that share them
+#: take about the same time a step, whatever their seed, weights or per_class.
+_COST_KEYS = ("dataset", "method", "init", "student", "student_width", "teacher", "teacher_width", "batch_size",
+              "jacobian_output", "n_samples", "n_train")
+
+
+@functools.lru_cache(maxsize=1)
+def _timed_records() -> tuple:
+    """(cost signature, train seconds a step, the rest of the run in seconds) of every committed
+    run on a CPU that recorded its training time (``results/**/*.jsonl``)."""
+    from .results import ResultStore
+    out = []
+    for path in sorted((_REPO_ROOT / "results").glob("**/*.jsonl")):
+        for r in ResultStore(path).records():
+            c, train_s = r.get("config") or {}, (r.get("extra") or {}).get("train_wall_time_s")
+            steps = (r.get("metrics") or {}).get("steps") or c.get("steps")
+            if train_s and steps and r.get("wall_time_s") and str(r.get("device", "")).startswith("cpu"):
+                out.append((tuple(json.dumps(c.get(k)) for k in _COST_KEYS), train_s / steps,
+                            max(r["wall_time_s"] - train_s, 0.0)))
+    return tuple(out)
+
+
+def reference_time(config: Config) -> dict | None:
+    """What a run of ``config`` took when the committed results were made (``results/``; CPU runs
+    on 2 idle cores): ``{"step_s", "run_s", "n"}`` (median seconds a training step, seconds of
+    the whole run at ``config.steps``, how many committed runs of the same cost signature: method,
+    initialisation, models, batch size, Jacobian output). None when no committed run shares it."""
+    import statistics
+    key = tuple(json.dumps(getattr(config, k)) for k in _COST_KEYS)
+    same = [(step, rest) for sig, step, rest in _timed_records() if sig == key]
+    if not same or not config.steps:
+        return None
+    step = statistics.median(s for s, _ in same)
+    return {"step_s": step, "run_s": step * config.steps + statistics.median(r for _, r in same), "n": len(same)}
+
+
+def data_source(dataset: str) -> str | None:
+    """Where the course's ``dataset`` comes from, in one plain sentence (None for the embedded
+    shapes). For CIFAR-10 loaded from the JPEG copy, the library's warning about it
+    (:class:`jkt_lab.data.cifar.JpegFallbackWarning`) is silenced from here on: this sentence
+    says it once, in place of a warning in every cell that loads the data."""
+    import warnings
+    if dataset != "cifar10":
+        return None
+    from .data import cifar10_available
+    from .data.cifar import JpegFallbackWarning
+    where = cifar10_available()
+    if where is None:
+        return "data: CIFAR-10 is not on this machine yet (the first load downloads it, when online)"
+    if where.is_dir():
+        return f"data: CIFAR-10 from torchvision's files (the folder {where.name})"
+    warnings.filterwarnings("ignore", category=JpegFallbackWarning)
+    return (f"data: CIFAR-10 from {where.name}, a JPEG copy of the dataset (torchvision's files are not on this "
+            "machine); JPEG moves each pixel by about 6 grey levels of 255 on average, which changes no "
+            "conclusion of the course")
+
+
 def course_summary(config: Config, quick: bool | None = None) -> str:
     """The lines a notebook prints first: quick or full mode, the dataset and why it is the one,
     the teacher (shipped or trained here) and the students."""
@@ -214,9 +301,10 @@ def course_summary(config: Config, quick: bool | None = None) -> str:
         why = "the embedded set"
     shipped = shipped_for(config.teacher_config())
     teacher = f"the shipped teacher '{shipped}'" if shipped else "trained here once, then cached"
+    source = data_source(config.dataset)
     return "\n".join([
         "quick mode: tiny sizes, accuracies near chance" if quick else "full mode",
-        f"dataset {config.dataset} ({why})",
+        f"dataset {config.dataset} ({why})", *([source] if source else []),
         f"teacher {config.teacher} (width {config.teacher_width}): {teacher}",
         f"students {config.student} (width {config.student_width}), {config.per_class} images per class, "
         f"{config.steps} steps"])

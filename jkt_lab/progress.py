@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["bar", "done", "set_enabled", "enabled", "in_ci"]
+__all__ = ["bar", "done", "set_enabled", "enabled", "in_ci", "duration", "SLOW_FACTOR", "slow_advice"]
 
 _enabled = True
 
@@ -52,3 +52,28 @@ def done(progress_bar, line: str, *, progress: bool = True) -> None:
     progress_bar.close()
     if enabled(progress) and not notebook:
         print(line, file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``"about 40 s"`` under two minutes, else ``"about 12.5 min"`` (or hours past 2 h)."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 120:
+        return f"about {seconds:.0f} s"
+    if seconds < 7200:
+        return f"about {seconds / 60:.1f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+#: A run this many times slower than its reference is "far slower": the time-left lines say why.
+SLOW_FACTOR = 3.0
+
+
+def slow_advice(measured: float, reference: float, where: str = "the committed runs on 2 idle cores") -> str:
+    """Empty when ``measured`` (seconds, a step or a run) is within :data:`SLOW_FACTOR` of
+    ``reference`` (the same work on ``where``); else one sentence that says how much slower and
+    what to do about it (other jobs compete for the cores)."""
+    if not reference or reference <= 0 or measured <= SLOW_FACTOR * reference:
+        return ""
+    return (f"{measured / reference:.0f}x slower than {where} ({measured:.2g} s against {reference:.2g} s): other "
+            "jobs are probably using this machine's cores. Run one job per machine, or give each job fewer threads "
+            "(OMP_NUM_THREADS=1 before starting Python) when several must share it.")

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from .analysis.claims import control_comparisons, paper_claims, variant
 from .analysis.compare import paired_compare
-from .results import ResultStore, lookup, table, to_html, to_markdown
+from .results import ResultStore, lookup, table
 from .viz import (accuracy_figure, accuracy_groups_figure, noise_figure, saliency_grid,
                   training_curves_figure)
 
 __all__ = ["variant", "accuracy_table", "noise_table", "claims", "write_report", "Document", "method_summary",
-           "verdict", "write_demo_report", "add_robustness_section"]
+           "verdict", "write_demo_report", "add_robustness_section",
+           "check_plotlyjs", "copy_plotlyjs", "SHARED_PLOTLYJS"]
 
 
 # --------------------------------------------------------------------------- a document: markdown and HTML
@@ -100,10 +101,9 @@ class Document:
             elif kind == "items":
                 out += [f"- {line}" for line in block[1]] + [""]
             elif kind == "table":
-                out += [to_markdown(block[1], block[2], floatfmt=block[3]), ""]
+                out += [_markdown_table(block[1], block[2], block[3]), ""]
             elif kind == "figure":
-                name = block[1].layout.title.text or "figure"
-                out += [f"*Figure (in report.html): {name}*", ""]
+                out += [f"*Figure (in report.html): {_figure_name(block[1])}*", ""]
             elif kind == "code":
                 out += ([block[2] + ":", ""] if block[2] else []) + ["```", block[1], "```", ""]
         return out
@@ -112,14 +112,17 @@ class Document:
         return "\n".join(self.markdown_lines())
 
     def html(self, plotlyjs: str = "inline") -> str:
-        """The page. ``plotlyjs="inline"``: plotly.js embedded once (in the first figure), so the
-        page opens offline; ``"cdn"``: loaded from the CDN (a small file, for committed reports)."""
-        if plotlyjs not in ("inline", "cdn"):
-            raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
+        """The page. ``plotlyjs`` (:func:`check_plotlyjs`): ``"inline"``, plotly.js embedded once
+        (in the first figure), so the page opens offline; ``"cdn"``, loaded from the CDN; or a
+        relative path to a ``.js`` file (``"../plotly.min.js"``), a copy kept beside the page,
+        linked once: a small page that opens offline (:meth:`write` puts the copy there)."""
+        plotlyjs = check_plotlyjs(plotlyjs)
         body = [f"<h1>{html.escape(self.title)}</h1>"]
         if plotlyjs == "cdn" and any(block[0] == "figure" for block in self.blocks):
             body.append('<p class="note">The figures load plotly.js from cdn.plot.ly: offline they stay blank. '
                         "To see them offline, write this page again with <code>--plotlyjs inline</code>.</p>")
+        head = (f'<script src="{html.escape(plotlyjs)}" charset="utf-8"></script>'
+                if plotlyjs.endswith(".js") and self.n_figures else "")
         n_fig = 0
         for block in self.blocks:
             kind = block[0]
@@ -132,9 +135,9 @@ class Document:
                 css = f' class="{block[2]}"' if block[2] else ""
                 body.append(f"<ul{css}>" + "".join(f"<li>{_inline(line)}</li>" for line in block[1]) + "</ul>")
             elif kind == "table":
-                body.append(to_html(block[1], block[2], floatfmt=block[3]))
+                body.append(_html_table(block[1], block[2], block[3]))
             elif kind == "figure":
-                js = ("cdn" if plotlyjs == "cdn" else True) if n_fig == 0 else False
+                js = {"cdn": "cdn", "inline": True}.get(plotlyjs, False) if n_fig == 0 else False
                 body.append('<div class="figure">' + block[1].to_html(full_html=False, include_plotlyjs=js,
                                                                       default_width="100%") + "</div>")
                 n_fig += 1
@@ -143,19 +146,123 @@ class Document:
                 body.append(f"<details><summary>{_inline(block[2])}</summary>{pre}</details>" if block[2] else pre)
         return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
                 f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(self.title)}"
-                f"</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+                f"</title><style>{_STYLE}</style>{head}</head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
     def write(self, out_dir: str | Path, plotlyjs: str = "inline") -> dict[str, Path]:
         """``REPORT.md`` and ``report.html`` in ``out_dir`` (each written to a temporary file and
-        renamed, so a crash never leaves half a report)."""
+        renamed, so a crash never leaves half a report). ``plotlyjs`` a relative ``.js`` path: the
+        installed plotly's own ``plotly.min.js`` is copied there when no file is; ``"cdn"``: a
+        shared :data:`SHARED_PLOTLYJS` in ``out_dir`` or its parent (the committed reports' copy,
+        ``results/plotly.min.js``) is linked instead of the CDN, so those pages draw offline."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        plotlyjs = check_plotlyjs(plotlyjs)
+        if plotlyjs == "cdn":
+            shared = next((rel for rel in (SHARED_PLOTLYJS, f"../{SHARED_PLOTLYJS}") if (out / rel).is_file()), None)
+            plotlyjs = shared or plotlyjs
+        if plotlyjs.endswith(".js") and self.n_figures:
+            copy_plotlyjs(out / plotlyjs)
         paths = {"markdown": out / "REPORT.md", "html": out / "report.html"}
         for key, text in (("markdown", self.markdown()), ("html", self.html(plotlyjs))):
             tmp = paths[key].with_name(paths[key].name + ".tmp")
             tmp.write_text(text, encoding="utf-8")
             tmp.replace(paths[key])
         return paths
+
+
+#: The name of the one plotly.js copy that the committed reports share (``results/plotly.min.js``).
+SHARED_PLOTLYJS = "plotly.min.js"
+
+
+def check_plotlyjs(value: str) -> str:
+    """``"inline"``, ``"cdn"``, or a relative path to a ``.js`` file (no scheme, not absolute)."""
+    if value in ("inline", "cdn"):
+        return value
+    if isinstance(value, str) and value.endswith(".js") and "://" not in value and not value.startswith("/") \
+            and "\\" not in value and not Path(value).is_absolute():
+        return value
+    raise ValueError(f"plotlyjs must be 'inline', 'cdn' or a relative path to a .js file, got {value!r}")
+
+
+def copy_plotlyjs(path: str | Path) -> Path:
+    """The installed plotly package's ``plotly.min.js`` at ``path`` (written only when no file is
+    there: one copy serves every report that links it). The copy matches the figures' plotly."""
+    path = Path(path)
+    if not path.is_file():
+        from plotly.offline import get_plotlyjs
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(get_plotlyjs(), encoding="utf-8")
+        tmp.replace(path)
+    return path
+
+
+def _column_formats(rows, columns, floatfmt: str) -> dict[str, str]:
+    """Each column's float format, so that every cell of a column has the same decimals: a ``g``
+    format (significant digits: "0.912" beside "12.3" and "1.23e+03") becomes, per column, the
+    fixed format that keeps its digits for the column's smallest non-zero value (at most 4
+    decimals); a fixed format is kept."""
+    import math
+    if not floatfmt.endswith("g"):
+        return {c: floatfmt for c in columns}
+    try:
+        digits = int(floatfmt.strip(".g") or 6)
+    except ValueError:
+        return {c: floatfmt for c in columns}
+    out = {}
+    for c in columns:
+        values = [abs(float(v)) for r in rows if isinstance(v := r.get(c), float) and math.isfinite(v) and v != 0]
+        decimals = digits - 1 - math.floor(math.log10(min(values))) if values else 2
+        out[c] = f".{min(max(decimals, 0), 4)}f"
+    return out
+
+
+def _table_cells(rows, columns, floatfmt: str) -> tuple[list[str], list[bool], list[list[str]]]:
+    """(columns, which are numeric, each row's cell texts) of a report table, floats per column
+    (:func:`_column_formats`)."""
+    from numbers import Real
+    rows = [dict(r) for r in rows]
+    columns = list(columns) if columns else list(dict.fromkeys(k for r in rows for k in r))
+    formats = _column_formats(rows, columns, floatfmt)
+    is_num = lambda v: isinstance(v, Real) and not isinstance(v, bool)  # noqa: E731
+    numeric = [any(r.get(c) is not None for r in rows) and all(r.get(c) is None or is_num(r.get(c)) for r in rows)
+               for c in columns]
+
+    def text(v, c):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return format(v, formats[c])
+        return str(v) if isinstance(v, (str, int)) else json.dumps(v, default=str)
+    return columns, numeric, [[text(r.get(c), c) for c in columns] for r in rows]
+
+
+def _markdown_table(rows, columns, floatfmt: str) -> str:
+    columns, numeric, cells = _table_cells(rows, columns, floatfmt)
+    if not columns:
+        return ""
+    esc = lambda t: str(t).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(c) for c in columns) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(esc(t) for t in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(rows, columns, floatfmt: str) -> str:
+    columns, numeric, cells = _table_cells(rows, columns, floatfmt)
+    if not columns:
+        return ""
+    cls = [' class="num"' if n else "" for n in numeric]
+    head = "".join(f"<th{k}>{html.escape(str(c))}</th>" for c, k in zip(columns, cls))
+    body = "".join("<tr>" + "".join(f"<td{k}>{html.escape(t)}</td>" for t, k in zip(row, cls)) + "</tr>"
+                   for row in cells)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure_name(fig) -> str:
+    """A figure's title as plain text (a ``<br><sup>subtitle</sup>`` in parentheses)."""
+    name = fig.layout.title.text or "figure"
+    name = re.sub(r"<br>\s*<sup>(.*?)</sup>", r" (\1)", name)
+    return re.sub(r"<[^>]+>", " ", name).strip()
 
 
 # --------------------------------------------------------------------------- tables
@@ -275,7 +382,7 @@ def _section(doc: Document, title: str, records: list) -> None:
     if noise:
         doc.heading(f"{title}: test accuracy (%) under Gaussian input noise")
         doc.table(noise)
-        doc.figure(noise_figure(labelled, color="variant", title=f"{title}: accuracy under input noise (mean over runs)"))
+        doc.figure(noise_figure(labelled, color="variant", title=f"{title}: accuracy under input noise"))
     cos = table(labelled, [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
     cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
     if cos:
@@ -313,19 +420,23 @@ def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
         per_class = sorted({p for r in students if (p := lookup(r, "config.per_class")) is not None})
         seeds = sorted({lookup(r, "config.seed") for r in students})
         title = f"Robustness to noisy inputs on {dataset}" + (" (quick, toy size)" if quick else "")
-        doc.heading(title)
+        sub = 3
+        if title != doc.title:             # a section of a larger report; the report of its own: the page's title
+            doc.heading(title)
+        else:
+            sub = 2
         doc.text(f"Teachers: standard and trained with Gaussian input noise (sigma {s.teacher_sigma:g}); students: "
                  f"{', '.join(rb.VARIANTS)}; per_class {', '.join(map(str, per_class))}; seeds "
                  f"{', '.join(map(str, seeds))}. Accuracy on test images under Gaussian noise of std sigma (pixel "
                  "units, [0, 1] scale); mean ± std over seeds.")
-        doc.heading("Test accuracy (%) under input noise", 3)
+        doc.heading("Test accuracy (%) under input noise", sub)
         doc.table(rb.robustness_table(mine, s, quick))
         sel = rb.selection_table(mine, s, quick)
         if sel:
             doc.heading(f"Hyper-parameters chosen on the validation split (accuracy at sigma {sigma}, per teacher, "
-                        f"per_class {s.select_per_class}, seed 0)", 3)
+                        f"per_class {s.select_per_class}, seed 0)", sub)
             doc.table(sel, floatfmt=".1f")
-        doc.heading("Mechanism: input-Jacobian norm and cosine to the teacher (test images)", 3)
+        doc.heading("Mechanism: input-Jacobian norm and cosine to the teacher (test images)", sub)
         doc.text("jacobian norm: mean over test images of ||d top-1 logit / dx|| (the model's own top-1 output, "
                  "pixel units); cosine: teacher-student cosine of the Jacobians of the teacher's top-1 output.")
         mech = rb.mechanism_table(mine, s, quick)
@@ -337,7 +448,7 @@ def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
                                     title=f"{title}: accuracy at sigma {sigma} against the Jacobian norm"))
         energy = rb.logit_energy_table(mine)
         if energy:
-            doc.heading("Proposition 1 at the teachers: where the noise leaves the linear region", 3)
+            doc.heading("Proposition 1 at the teachers: where the noise leaves the linear region", sub)
             doc.text("E ||T(x + sigma z)||^2 over test images (one noise draw each) against the second-order "
                      "prediction ||T(x)||^2 + sigma^2 ||J_T(x)||_F^2 (Proposition 1 with a zero student). A ratio near "
                      "1: noise of this size probes the teacher's Jacobian; far from 1 (above or below): it leaves the region where "
@@ -348,7 +459,7 @@ def add_robustness_section(doc: Document, records: Iterable[Mapping]) -> bool:
             outputs = sorted({lookup(r, "config.jacobian_output") for r in mine
                               if lookup(r, "config.extra.part") == "equivalence"
                               and lookup(r, "config.method") == "activations+jacobian"})
-            doc.heading("Proposition 1 in training: noise distillation vs. activations + sigma^2 x Jacobian", 3)
+            doc.heading("Proposition 1 in training: noise distillation vs. activations + sigma^2 x Jacobian", sub)
             doc.text("Students trained with the squared loss on noisy inputs (noise, one noise sample a step) against "
                      "students trained with activation matching plus sigma^2 times the squared distance of the "
                      f"Jacobians (activations+jacobian, jacobian_output {', '.join(outputs)}: 'random' is one random "
@@ -403,8 +514,7 @@ def write_report(records_or_path, out_dir: str | Path, *, title: str = "jkt_lab 
     and the "Claims of the paper" section. ``plotlyjs="inline"`` embeds plotly.js once (the page
     opens offline); ``"cdn"`` links it (a small file, for committed reports).
     """
-    if plotlyjs not in ("inline", "cdn"):
-        raise ValueError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
+    check_plotlyjs(plotlyjs)
     records = _load(records_or_path)
     n_records = len(records)
     robust = [r for r in records if lookup(r, "config.extra.experiment") == "robustness"]  # a section of its own
@@ -539,12 +649,16 @@ def verdict(records: Iterable[Mapping], *, chance: float | None = None, metric: 
                 "not shown": "not shown: the interval includes 0"}[s.status]
         out.append(f"{a} vs. {b}: {s.mean:+.1f} points, 95% interval [{s.low:+.1f}, {s.high:+.1f}] over {s.n} "
                    f"paired seeds: {word}.")
-    noisy = {name: [(lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs] for name, recs in groups.items()}
-    noisy = {k: v for k, v in noisy.items() if _stats(v)[0] is not None}
+    noisy = {name: _stats((lookup(r, "metrics.noise_acc") or {}).get(sigma) for r in recs)
+             for name, recs in groups.items()}
+    noisy = {k: v for k, v in noisy.items() if v[0] is not None}
     if len(noisy) > 1:
-        order = sorted(noisy, key=lambda k: -_stats(noisy[k])[0])
-        out.append(f"Under Gaussian input noise of sigma {sigma} (mean ± std over seeds): " +
-                   ", ".join(f"{k} {_pm(noisy[k])}%" for k in order) + ".")
+        order = sorted(noisy, key=lambda k: -noisy[k][0])
+        several = any(v[1] is not None for v in noisy.values())
+        out.append(f"Under Gaussian input noise of sigma {sigma}" + (" (mean ± std over seeds)" if several else "")
+                   + ": " + ", ".join(f"{k} {100 * noisy[k][0]:.1f}"
+                                      + (f" ± {100 * noisy[k][1]:.1f}" if noisy[k][1] is not None else "") + "%"
+                                      for k in order) + ".")
     return out
 
 
@@ -618,7 +732,7 @@ def write_demo_report(records: Iterable[Mapping], out_dir: str | Path, *, comman
     doc.figure(training_curves_figure(labelled, color="variant"))
     doc.heading("Accuracy against input noise")
     doc.table(noise_table(records))
-    doc.figure(noise_figure(labelled, color="variant", title="Test accuracy under Gaussian input noise (mean over seeds)"))
+    doc.figure(noise_figure(labelled, color="variant", title="Test accuracy under Gaussian input noise"))
     doc.heading("Every run")
     doc.table([{"method": variant(r), "seed": lookup(r, "config.seed"),
                 "val acc (%)": 100 * (lookup(r, "metrics.val_acc") or 0.0),

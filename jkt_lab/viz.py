@@ -11,19 +11,51 @@ from plotly.subplots import make_subplots
 from .results import lookup, table
 
 __all__ = ["equivalence_figure", "accuracy_figure", "noise_figure", "history_figure", "saliency_grid",
-           "METHOD_COLORS", "equivalence_terms_figure", "maps_figure", "robustness_figure", "accuracy_bars",
+           "METHOD_COLORS", "VARIANT_COLORS", "VARIANT_ALIASES", "variant_color", "equivalence_terms_figure", "maps_figure", "robustness_figure", "accuracy_bars",
            "attention_figure", "at_rounding", "slope_text", "reference_lines", "examples_figure", "ROUNDING",
            "accuracy_groups_figure", "training_curves_figure", "mechanism_figure", "ROBUSTNESS_COLORS"]
 
-METHOD_COLORS = {
-    "ce": "#7f7f7f", "kd": "#1f77b4", "activations": "#17becf", "kd+jacobian": "#d62728",
-    "activations+jacobian": "#ff7f0e", "noise": "#2ca02c", "at": "#9467bd", "at+jacobian": "#e377c2",
-    "lwf": "#8c564b", "teacher": "#000000",
+#: One colour per variant label, the same in every figure of the package (reports, notebooks,
+#: panels): :func:`variant_color` reads it. Related variants share a hue family: fine-tuned
+#: transfer runs in the full colour, their from-scratch versions in its light shade.
+VARIANT_COLORS = {
+    "teacher": "#000000",
+    "ce": "#7f7f7f", "kd": "#1f77b4", "kd+jacobian": "#d62728", "kd+jacobian (squared)": "#ff7f0e",
+    "kd+jacobian_norm": "#bcbd22", "noise": "#2ca02c", "noise (squared)": "#98df8a",
+    "activations": "#17becf", "activations+jacobian": "#0e6e78", "activations+jacobian (squared)": "#9edae5",
+    "ce (fine-tune)": "#3b3b3b", "lwf (fine-tune)": "#8c564b", "lwf (scratch)": "#c49c94",
+    "at (fine-tune)": "#9467bd", "at (scratch)": "#c5b0d5",
+    "at+jacobian (fine-tune)": "#e377c2", "at+jacobian (scratch)": "#f7b6d2",
 }
 
+#: Labels that name the same variant as a key of :data:`VARIANT_COLORS` (the robustness experiment
+#: calls the paper's loss "kd+jacobian (normalised)"; ``jkt-lab reproduce`` writes "fine-tune (ce)";
+#: notebook 05's "at" and "at+jacobian" train from scratch, its "lwf" is fine-tuned).
+VARIANT_ALIASES = {
+    "kd+jacobian (normalised)": "kd+jacobian", "kd+jacobian (normalized)": "kd+jacobian",
+    "activations+jacobian (normalised)": "activations+jacobian", "ce (scratch)": "ce", "scratch (ce)": "ce",
+    "fine-tune (ce)": "ce (fine-tune)", "lwf": "lwf (fine-tune)", "at": "at (scratch)",
+    "at+jacobian": "at+jacobian (scratch)",
+}
 
-def _color(name: str) -> str | None:
-    return METHOD_COLORS.get(str(name).split(" ")[0])
+#: Colours of labels the table above does not know (picked by a stable hash of the label).
+_OTHER_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3", "#8ca252", "#bd9e39",
+                 "#ad494a", "#a55194")
+
+#: Kept for code that imported it: the colour of each plain method name.
+METHOD_COLORS = {k: v for k, v in VARIANT_COLORS.items() if " " not in k}
+
+
+def variant_color(label) -> str:
+    """The colour of a variant label (``"kd+jacobian (squared)"``, ``"at (scratch)"``, ``"teacher"``...),
+    the same in every figure: :data:`VARIANT_COLORS` after :data:`VARIANT_ALIASES`; a label the
+    tables do not know gets a colour of its own from a stable hash (never ``None``)."""
+    import zlib
+    key = " ".join(str(label).strip().split())
+    key = VARIANT_ALIASES.get(key, key)
+    if key in VARIANT_COLORS:
+        return VARIANT_COLORS[key]
+    return _OTHER_COLORS[zlib.crc32(key.encode()) % len(_OTHER_COLORS)]
 
 
 #: A gap below this fraction of the loss is floating-point rounding, not a term of the expansion.
@@ -89,15 +121,20 @@ def _loglog(fig: go.Figure, ytitle: str, title: str) -> go.Figure:
 
 
 def reference_lines(fig: go.Figure, *, chance: float | None = None, teacher: float | None = None,
-                    row: int | None = None, col: int | None = None) -> go.Figure:
+                    row: int | None = None, col: int | None = None, outside: bool = False) -> go.Figure:
     """Dotted horizontal lines at chance and at the teacher's accuracy (fractions; drawn in %),
-    so that a student's accuracy is read against both."""
+    so that a student's accuracy is read against both. Their labels sit at the top left of the
+    line, or, with ``outside`` (bar charts, whose first bar would cover them), to the right of
+    the plotting area, in a margin made for them."""
     where = {} if row is None else {"row": row, "col": col}
     for value, name, color in ((chance, "chance", "#7f7f7f"), (teacher, "teacher", "#000000")):
         if value is not None:
             fig.add_hline(y=100 * float(value), line={"dash": "dot", "color": color, "width": 1},
-                          annotation_text=f"{name} {100 * float(value):.1f}%", annotation_position="top left",
+                          annotation_text=f"{name} {100 * float(value):.1f}%",
+                          annotation_position="right" if outside else "top left",
                           annotation_font={"size": 10, "color": color}, **where)
+    if outside and (chance is not None or teacher is not None):
+        fig.update_layout(margin={"r": max(90, (fig.layout.margin.r or 0))})
     return fig
 
 
@@ -123,35 +160,66 @@ def accuracy_figure(records: Iterable[Mapping], *, x: str = "config.per_class", 
         pts = sorted(((p[0] if p[0] is not None else all_label), *p[1:]) for p in pts)
         fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[100 * p[1] for p in pts],
                                  error_y={"type": "data", "array": [100 * p[2] for p in pts]},
-                                 mode="lines+markers", name=name, line={"color": _color(name)}))
+                                 mode="lines+markers", name=name, line={"color": variant_color(name)}))
     fig.update_xaxes(type="log" if x.endswith("per_class") else "linear", title=x.split(".")[-1])
     fig.update_yaxes(title="accuracy (%)")
     fig.update_layout(title=title, template="plotly_white")
     return reference_lines(fig, chance=chance, teacher=teacher)
 
 
+def _per_class_title(per_class) -> str:
+    if per_class is None:
+        return "all images"
+    return f"{per_class} image{'s' if per_class != 1 else ''} per class"
+
+
 def noise_figure(records: Iterable[Mapping], *, color: str = "config.method",
                  title: str = "Accuracy under Gaussian input noise", chance: float | None = None,
                  teacher: float | None = None) -> go.Figure:
-    """Accuracy against noise sigma (from ``metrics.noise_acc``), mean (+- std when several
-    records, e.g. seeds) per ``color``; ``chance``/``teacher`` add reference lines."""
+    """Accuracy against noise sigma (from ``metrics.noise_acc``), one line per ``color`` value and
+    one panel per ``config.per_class`` (sizes are never pooled): each point the mean over the
+    records of that variant and size (seeds), its error bar their sample std (the spread over
+    seeds alone; none for a single run), as the title says. ``chance``/``teacher`` add lines."""
     import statistics
-    curves: dict[str, dict[float, list[float]]] = {}
+    records = list(records)
+    curves: dict = {}
     for r in records:
         accs = lookup(r, "metrics.noise_acc") or {}
         for s, acc in accs.items():
-            curves.setdefault(str(lookup(r, color)), {}).setdefault(float(s), []).append(acc)
-    fig = go.Figure()
-    for name, by_sigma in curves.items():
-        sig = sorted(by_sigma)
-        fig.add_trace(go.Scatter(x=sig, y=[100 * statistics.fmean(by_sigma[s]) for s in sig],
-                                 error_y={"type": "data", "array": [100 * statistics.stdev(by_sigma[s])
-                                                                    if len(by_sigma[s]) > 1 else 0.0 for s in sig]},
-                                 mode="lines+markers", name=name, line={"color": _color(name)}))
-    fig.update_xaxes(title="noise sigma (pixel units, [0, 1] scale)")
-    fig.update_yaxes(title="accuracy (%)")
-    fig.update_layout(title=title, template="plotly_white")
-    return reference_lines(fig, chance=chance, teacher=teacher)
+            if acc is None:
+                continue
+            curves.setdefault(lookup(r, "config.per_class"), {}).setdefault(str(lookup(r, color)), {}) \
+                .setdefault(float(s), []).append(float(acc))
+    panels = sorted(curves, key=lambda v: (v is None, v or 0)) or [None]
+    n_cols = min(len(panels), 3)
+    n_rows = math.ceil(len(panels) / n_cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, shared_yaxes=True, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[_per_class_title(p) for p in panels] if len(panels) > 1 else None)
+    shown, n_max = set(), 1
+    for i, per_class in enumerate(panels):
+        row, col = 1 + i // n_cols, 1 + i % n_cols
+        for name, by_sigma in curves.get(per_class, {}).items():
+            sig = sorted(by_sigma)
+            n_max = max([n_max] + [len(by_sigma[s]) for s in sig])
+            fig.add_trace(go.Scatter(
+                x=sig, y=[100 * statistics.fmean(by_sigma[s]) for s in sig],
+                error_y={"type": "data", "array": [100 * statistics.stdev(by_sigma[s]) if len(by_sigma[s]) > 1 else 0.0
+                                                   for s in sig]},
+                mode="lines+markers", name=name, legendgroup=name, showlegend=name not in shown,
+                line={"color": variant_color(name)},
+                hovertext=[f"{name}, {_per_class_title(per_class)}: n = {len(by_sigma[s])}" for s in sig]), row, col)
+            shown.add(name)
+        if row == n_rows or i + n_cols >= len(panels):                 # the lowest panel of its column
+            fig.update_xaxes(title="noise sigma ([0, 1] pixels)", showticklabels=True, row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title="accuracy (%)", row=row, col=1)
+    spread = "error bars: std over seeds" if n_max > 1 else "one run per point, no error bars"
+    where = "one panel per images-per-class setting" if len(panels) > 1 else _per_class_title(panels[0])
+    fig.update_layout(title=f"{title}<br><sup>mean over seeds; {spread} ({where})</sup>", template="plotly_white",
+                      height=140 + 300 * n_rows, margin={"t": 110})
+    for i in range(len(panels)):
+        reference_lines(fig, chance=chance, teacher=teacher, row=1 + i // n_cols, col=1 + i % n_cols)
+    return fig
 
 
 def history_figure(history: Sequence[Mapping], *, title: str = "Training", chance: float | None = None,
@@ -304,7 +372,7 @@ def robustness_figure(curves: Mapping[str, Sequence[Mapping]], *,
         rows = sorted(rows, key=lambda r: r["sigma"])
         fig.add_trace(go.Scatter(x=[r["sigma"] for r in rows], y=[100 * r["acc"] for r in rows],
                                  mode="lines+markers", name=str(name),
-                                 line={"color": _color(name), "dash": "dot" if name == "teacher" else None}))
+                                 line={"color": variant_color(name), "dash": "dot" if name == "teacher" else None}))
     fig.update_xaxes(title="noise sigma (pixel units, [0, 1] scale)")
     fig.update_yaxes(title="accuracy (%)")
     fig.update_layout(title=title, template="plotly_white")
@@ -326,13 +394,13 @@ def accuracy_bars(records: Iterable[Mapping], label, *, metric: str = "metrics.t
     means = [statistics.fmean(groups[n]) for n in names]
     stds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
     fig = go.Figure(go.Bar(x=names, y=means, error_y={"type": "data", "array": stds},
-                           marker={"color": [_color(n) or "#7f7f7f" for n in names]},
+                           marker={"color": [variant_color(n) for n in names]},
                            text=[f"{m:.1f}" for m in means], textposition="inside", insidetextanchor="middle",
                            name=metric.split(".")[-1]))
     fig.update_xaxes(tickvals=names, ticktext=[f"{n}<br>n={len(groups[n])}" for n in names])
     fig.update_yaxes(title="accuracy (%)", rangemode="tozero")
     fig.update_layout(title=title, template="plotly_white")
-    return reference_lines(fig, chance=chance, teacher=teacher)
+    return reference_lines(fig, chance=chance, teacher=teacher, outside=True)
 
 
 def attention_figure(model, image, *, p: float = 2.0, title: str = "Attention maps and their Jacobians") -> go.Figure:
@@ -404,10 +472,12 @@ def accuracy_groups_figure(records: Iterable[Mapping], *, x: str = "config.per_c
         fig.add_trace(go.Bar(x=[label[p[0]] for p in pts], y=[100 * p[1] for p in pts], name=name,
                              error_y={"type": "data", "array": [100 * p[2] for p in pts]},
                              text=[f"{100 * p[1]:.1f}" for p in pts], textposition="inside", insidetextanchor="start",
-                             marker={"color": _color(name)}, hovertext=[f"n = {p[3]}" for p in pts]))
-    for i, (name, value) in enumerate((reference or {}).items()):
+                             marker={"color": variant_color(name)}, hovertext=[f"n = {p[3]}" for p in pts]))
+    for name, value in (reference or {}).items():     # labels right of the plot, where no bar covers them
         fig.add_hline(y=100 * value, line={"dash": "dot", "color": "#555555"}, annotation_text=f"{name} {100 * value:.0f}%",
-                      annotation_position="top left" if i % 2 == 0 else "bottom left")
+                      annotation_position="right", annotation_font={"size": 10})
+    if reference:
+        fig.update_layout(margin={"r": 90})
     axis = {"per_class": "images per class", "variant": "method", "method": "method"}.get(x.split(".")[-1], x)
     fig.update_xaxes(type="category", title=axis, categoryorder="array",
                      categoryarray=[label[v] for v in values])
@@ -439,7 +509,7 @@ def training_curves_figure(records: Iterable[Mapping], *, color: str = "config.m
             scale = 100.0 if key == "val_acc" else 1.0
             mean = [scale * sum(pts[s]) / len(pts[s]) for s in steps]
             lo, hi = [scale * min(pts[s]) for s in steps], [scale * max(pts[s]) for s in steps]
-            c = _color(name) or "#7f7f7f"
+            c = variant_color(name)
             fig.add_trace(go.Scatter(x=steps + steps[::-1], y=hi + lo[::-1], fill="toself", fillcolor=c, opacity=0.15,
                                      line={"width": 0}, hoverinfo="skip", showlegend=False, legendgroup=name), 1, col)
             fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=name, line={"color": c}, legendgroup=name,
@@ -451,50 +521,67 @@ def training_curves_figure(records: Iterable[Mapping], *, color: str = "config.m
     return fig
 
 
-ROBUSTNESS_COLORS = {
-    "kd": "#1f77b4", "kd+jacobian (normalised)": "#d62728", "kd+jacobian (squared)": "#ff7f0e", "noise": "#2ca02c",
-    "kd+jacobian_norm": "#9467bd", "teacher": "#000000",
-}
+#: Kept for code that imported it: the robustness experiment's variants, coloured by :func:`variant_color`.
+ROBUSTNESS_COLORS = {v: variant_color(v) for v in ("kd", "kd+jacobian (normalised)", "kd+jacobian (squared)",
+                                                   "noise", "kd+jacobian_norm", "teacher")}
 TEACHER_SYMBOLS = {"standard": "circle", "noise-trained": "diamond"}
 
 
 LOG_TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
+def _mechanism_part(r: Mapping) -> str | None:
+    """"teacher", "student" (a run of the grid), or None (another experiment's run: left out)."""
+    part, variant = lookup(r, "config.extra.part"), lookup(r, "config.extra.variant")
+    if part == "teacher" or (part is None and variant == "teacher"):
+        return "teacher"
+    if part == "grid" or (part is None and variant not in (None, "teacher")):
+        return "student"
+    return None
+
+
 def mechanism_figure(records: Iterable[Mapping], *, sigma: float = 0.1,
                      title: str = "Robust accuracy against the input-Jacobian norm") -> go.Figure:
     """Accuracy under noise at ``sigma`` against the mean norm of the top-1 input Jacobian (log x),
     one point per model (``metrics.noise_acc``, ``metrics.jacobian_norm``), coloured by
-    ``config.extra.variant`` ("teacher" for teachers' rows), shaped by ``config.extra.teacher``;
-    one panel per ``per_class`` (teachers appear in every panel)."""
-    records = [r for r in records if lookup(r, "metrics.jacobian_norm") and
+    ``config.extra.variant`` (:func:`variant_color`; "teacher" for teachers' rows), shaped by
+    ``config.extra.teacher``; one panel per ``per_class`` (teachers appear in every panel). Only
+    the grid's students (``config.extra.part`` "grid") and the teachers are drawn, not the runs of
+    other parts (the equivalence runs). The legend lies below the plot, teachers first."""
+    records = [r for r in records if lookup(r, "metrics.jacobian_norm") and _mechanism_part(r) is not None and
                (lookup(r, "metrics.noise_acc") or {}).get(f"{sigma:g}") is not None]
-    students = [r for r in records if lookup(r, "config.extra.variant") != "teacher"]
-    teachers = [r for r in records if lookup(r, "config.extra.variant") == "teacher"]
+    students = [r for r in records if _mechanism_part(r) == "student"]
+    teachers = [r for r in records if _mechanism_part(r) == "teacher"]
     panels = sorted({lookup(r, "config.per_class") for r in students}, key=lambda v: (v is None, v or 0)) or [None]
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
                         subplot_titles=[f"per_class = {p}" if p is not None else "all" for p in panels])
     seen = set()
     for col, per_class in enumerate(panels, start=1):
-        here = [r for r in students if lookup(r, "config.per_class") == per_class] + teachers
+        here = teachers + [r for r in students if lookup(r, "config.per_class") == per_class]
         groups: dict[tuple, list] = {}
         for r in here:
             groups.setdefault((str(lookup(r, "config.extra.variant")), str(lookup(r, "config.extra.teacher"))),
                               []).append(r)
-        for (variant, teacher), rs in groups.items():
-            name = f"{variant}, {teacher} teacher" if variant != "teacher" else f"{teacher} teacher"
+        for rank, ((variant, teacher), rs) in enumerate(groups.items()):
+            is_teacher = _mechanism_part(rs[0]) == "teacher"
+            name = f"{teacher} teacher" if is_teacher else f"{variant}, {teacher} teacher"
             fig.add_trace(go.Scatter(
                 x=[lookup(r, "metrics.jacobian_norm") for r in rs],
                 y=[100 * lookup(r, "metrics.noise_acc")[f"{sigma:g}"] for r in rs],
                 mode="markers", name=name, legendgroup=name, showlegend=name not in seen,
-                marker={"color": ROBUSTNESS_COLORS.get(variant, "#7f7f7f"), "size": 14 if variant == "teacher" else 9,
-                        "symbol": TEACHER_SYMBOLS.get(teacher, "square") + ("-open" if variant == "teacher" else ""),
-                        "line": {"width": 2 if variant == "teacher" else 0.5}},
+                legendrank=(1 if is_teacher else 100) + rank,
+                marker={"color": variant_color("teacher" if is_teacher else variant), "size": 14 if is_teacher else 9,
+                        "symbol": TEACHER_SYMBOLS.get(teacher, "square") + ("-open" if is_teacher else ""),
+                        "line": {"width": 2 if is_teacher else 0.5}},
                 hovertext=[f"{name}, seed {lookup(r, 'config.seed')}; clean "
                            f"{100 * (lookup(r, 'metrics.test_acc') or 0):.1f}%" for r in rs]), 1, col)
             seen.add(name)
         fig.update_xaxes(type="log", title="mean ||d top-1 logit / dx|| (test images, log)", row=1, col=col,
                          tickvals=LOG_TICKS, ticktext=[f"{t:g}" for t in LOG_TICKS])   # every tick its full value
     fig.update_yaxes(title=f"test accuracy at sigma = {sigma:g} (%)", row=1, col=1)
-    fig.update_layout(title=title, template="plotly_white")
+    n_entries = len(seen)
+    fig.update_layout(title=title, template="plotly_white", height=480 + 22 * ((n_entries + 2) // 3),
+                      legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.18, "yanchor": "top",
+                              "traceorder": "normal"},
+                      margin={"b": 60 + 22 * ((n_entries + 2) // 3)})
     return fig

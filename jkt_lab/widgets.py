@@ -55,12 +55,14 @@ def html_table(rows, columns=None, *, empty: str = "no results yet", floatfmt: s
         return f"<i>{html.escape(empty)}</i>"
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th style='padding:2px 8px;text-align:left'>{html.escape(str(c))}</th>" for c in columns)
+    from .report import _column_formats          # a "g" format: the same decimals down each column
+    formats = _column_formats(rows, columns, floatfmt)
 
-    def td(v):
+    def td(v, c):
         align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
-        return f"<td style='padding:2px 8px;text-align:{align}'>{html.escape(_cell(v, floatfmt))}</td>"
+        return f"<td style='padding:2px 8px;text-align:{align}'>{html.escape(_cell(v, formats[c]))}</td>"
 
-    body = "".join("<tr>" + "".join(td(r.get(c)) for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(td(r.get(c), c) for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -99,12 +101,26 @@ def table(rows, columns=None, *, floatfmt: str = ".3f", caption: str | None = No
     return Table(rows, columns, floatfmt=floatfmt, caption=caption)
 
 
-def _time_left(t0: float, done: int, total: int) -> str:
+def _time_left(t0: float, done: int, total: int, *, since: tuple[float, int] | None = None,
+               reference_step: float | None = None) -> str:
+    """``"about 40 s left"`` from the pace so far (from ``since``, ``(time, done)`` at an earlier
+    row, when given: the pace of the steps alone, without the run's start). With
+    ``reference_step`` (seconds a step of the committed runs of the same settings), a pace far
+    slower than it adds the reason and what to do (:func:`jkt_lab.progress.slow_advice`)."""
     import time
+
+    from .progress import duration, slow_advice
     if done <= 0:
         return "estimating the time left"
-    left = (time.perf_counter() - t0) / done * max(total - done, 0)
-    return f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.1f} min left"
+    now = time.perf_counter()
+    left = (now - t0) / done * max(total - done, 0)
+    text = f"{duration(left)} left"
+    if since is not None and reference_step and done > since[1]:
+        per_step = (now - since[0]) / (done - since[1])
+        advice = slow_advice(per_step, reference_step, "the committed runs on 2 idle cores")
+        if advice:
+            text += f"; a step takes {per_step:.2g} s here, " + advice
+    return text
 
 
 def _devices() -> list[str]:
@@ -178,20 +194,25 @@ class Panel(widgets.VBox):
 
             self.say("loading the teacher (training it first if it is not cached)...")
             self.teacher_info = get_teacher(first, device=device, progress=False, callback=on_teacher)[1]
+        from .nbtools import reference_time
         records = []
         for i, config in enumerate(configs):
             total = config.steps or config.epochs
             progress.description, progress.max, progress.value = "steps", max(total, 1), 0
-            t0, rows = time.perf_counter(), []
+            t0, rows, first = time.perf_counter(), [], []
+            ref = reference_time(config) if config.steps else None
             what = f"{config.method}, seed {config.seed}" + (f" (run {i + 1} of {len(configs)})" if len(configs) > 1 else "")
             self.say(f"training {what}...")
 
-            def on_run_row(row, config=config, rows=rows, t0=t0, total=total, what=what):
+            def on_run_row(row, config=config, rows=rows, t0=t0, total=total, what=what, first=first, ref=ref):
                 rows.append(row)
                 done = row["step"] if config.steps else row["epoch"]
                 progress.value = min(done, progress.max)
-                self.say(f"training {what}: {done}/{total} {'steps' if config.steps else 'epochs'}, "
-                         f"{_time_left(t0, done, total)}")
+                left = _time_left(t0, done, total, since=first[0] if first else None,
+                                  reference_step=ref["step_s"] if ref else None)
+                if not first:
+                    first.append((time.perf_counter(), done))
+                self.say(f"training {what}: {done}/{total} {'steps' if config.steps else 'epochs'}, {left}")
                 if on_row is not None:
                     on_row(config, rows)
 
@@ -321,7 +342,7 @@ class DistillationPanel(Panel):
     DATASETS = ("shapes", "digits", "cifar10", "imagefolder", "npz")
 
     def __init__(self, store, base: Config | None = None):
-        from .nbtools import committed_results, course_config
+        from .nbtools import course_config
         self.store_path = Path(store)
         self.base = base or course_config()
         b = self.base
@@ -347,6 +368,7 @@ class DistillationPanel(Panel):
         }
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="steps")
         self.table = widgets.HTML()
+        self.committed_title = widgets.HTML()
         self.committed = widgets.HTML()
         self.history: list[dict] = []
         self.record: dict | None = None
@@ -355,16 +377,27 @@ class DistillationPanel(Panel):
         super().__init__("Few-shot distillation: train one student (or three seeds)", controls, extra=(self.progress,),
                          below=(widgets.HTML("<b>Your runs</b>: one row per setting (every setting that differs "
                                              "between your runs is a column), test accuracy % as mean ± std over "
-                                             "its n runs (seeds)"), self.table,
-                                widgets.HTML("<b>Committed results</b> (results/*.jsonl; their settings are in "
-                                             "each file's REPORT.md)"), self.committed))
+                                             "its n runs (seeds)"), self.table, self.committed_title, self.committed))
         self.refresh_table()
-        committed = committed_results()
-        if committed:
-            from .report import accuracy_table
-            self.committed.value = html_table(accuracy_table(committed))
-        else:
-            self.committed.value = "<i>no committed results yet (results/*.jsonl not found)</i>"
+        self.refresh_committed()
+        self.controls["dataset"].observe(lambda _change: self.refresh_committed(), names="value")
+
+    def refresh_committed(self) -> None:
+        """The committed few-shot distillation results of the dataset chosen in the panel
+        (:func:`jkt_lab.nbtools.committed_distillation`), named, as a table by images per class."""
+        from .nbtools import _COMMITTED_DISTILLATION, committed_distillation
+        from .report import accuracy_table
+        dataset = self.controls["dataset"].value
+        folder = _COMMITTED_DISTILLATION.get(dataset)
+        where = "results/*.jsonl" if folder == "." else f"results/{folder}/"
+        records = committed_distillation(dataset) if folder else []
+        self.committed_title.value = (f"<b>Committed results on {html.escape(dataset)}</b> ({html.escape(where)}: "
+                                      "few-shot distillation, test accuracy % as mean ± std over seeds, by images per "
+                                      "class; their settings are in the folder's REPORT.md)"
+                                      if records else f"<b>Committed results on {html.escape(dataset)}</b>")
+        self.committed.value = (html_table(accuracy_table(records)) if records else
+                                f"<i>no committed results on {html.escape(dataset)} in this copy "
+                                "(`jkt-lab reproduce` writes them under results/)</i>")
 
     def config(self) -> Config:
         c = {k: w.value for k, w in self.controls.items()}
@@ -380,7 +413,8 @@ class DistillationPanel(Panel):
                 base = course_config(dataset=c["dataset"])
             else:                                 # n_train/n_test size the generated shapes only
                 changes.update(n_train=None, n_test=None)
-        return base.replace(**changes)
+        from .nbtools import panel_config
+        return panel_config(base.replace(**changes))
 
     def configs(self) -> list[Config]:
         """The runs one press of Run makes: the settings at ``seeds`` consecutive seeds."""
@@ -518,8 +552,11 @@ class RobustnessExperimentPanel(Panel):
             self.records = ResultStore(path).records()
             where = str(path)
         grid = rb.grid_records(self.records, c["dataset"])
-        n = sum(r["config"].get("extra", {}).get("part") == "grid" for r in grid)
-        self.say(f"{n} students and {len(grid) - n} teachers from {where}")
+        parts = [r["config"].get("extra", {}).get("part") for r in grid]
+        n, teachers = parts.count("grid"), parts.count("teacher")
+        self.say(f"{n} students and {teachers} teachers from {where}"
+                 + (f" (the figure leaves out {len(parts) - n - teachers} runs of other parts)"
+                    if len(parts) > n + teachers else ""))
         self.show(viz.mechanism_figure(grid, sigma=c["sigma"],
                                        title=f"{c['dataset']}: accuracy at sigma {c['sigma']:g} against the Jacobian norm"))
 

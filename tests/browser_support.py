@@ -54,8 +54,14 @@ def find_browser() -> tuple[str | None, str | None]:
             pick("JKT_LAB_CHROMEDRIVER", ("chromedriver",)))
 
 
-def make_driver(profile_dir: Path):
-    """Headless Chromium through the system chromedriver, with a fresh profile."""
+#: With the network off: every request that is not to this machine goes to a closed port
+#: (file:// pages and the local JupyterLab still load; a CDN does not).
+OFFLINE_FLAGS = ("--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>")
+
+
+def make_driver(profile_dir: Path, *, offline: bool = False):
+    """Headless Chromium through the system chromedriver, with a fresh profile; ``offline``: no
+    network beyond this machine (:data:`OFFLINE_FLAGS`, and DevTools' offline emulation)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -64,12 +70,18 @@ def make_driver(profile_dir: Path):
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
+    for flag in OFFLINE_FLAGS if offline else ():
+        options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=chromedriver, log_output=str(profile_dir.parent / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_script_timeout(120)
     driver.set_page_load_timeout(120)
+    if offline:
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
+                                                                    "downloadThroughput": -1, "uploadThroughput": -1})
     return driver
 
 
@@ -535,16 +547,57 @@ def update_report_screenshot(report: Path, height: int | None = 2600) -> Path:
     return out
 
 
+def update_panel_screenshot(dataset: str = "cifar10", env: dict | None = None) -> Path:
+    """docs/screenshots/03_panel_<dataset>.png: notebook 03's panel as a learner first sees it in
+    full mode on ``dataset`` (its controls, "Your runs", and the committed results of its dataset),
+    from a one-cell notebook that builds the panel exactly as notebook 03 does (nothing trains)."""
+    import tempfile
+
+    import nbformat
+    with tempfile.TemporaryDirectory(prefix="jkt-panel-shot-") as tmp:
+        work = Path(tmp)
+        (work / "root" / "notebooks").mkdir(parents=True)
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nb.cells = [nbformat.v4.new_markdown_cell("## 4. Your turn: the panel"),
+                    nbformat.v4.new_code_cell("from jkt_lab import nbtools, widgets\n"
+                                              "print(nbtools.course_summary(nbtools.course_config()))\n"
+                                              "panel = widgets.distillation_panel(store=nbtools.course_store())\npanel")]
+        nbformat.write(nb, work / "root" / "notebooks" / "panel.ipynb")
+        server = LabServer(root=work / "root", work=work, env_extra={"JKT_LAB_QUICK": "0", "JKT_LAB_COURSE_DATASET": dataset,
+                                                                     **(env or {})})
+        server.start()
+        try:
+            driver = make_driver(work / "profile")
+            try:
+                driver.set_window_size(1280, 1240)
+                run = run_notebook(driver, server, "notebooks/panel.ipynb", timeout=300)
+                if run.progress.get("errors") or not run.rendered.get("widgets"):
+                    raise RuntimeError(f"the panel did not render cleanly: {run.progress} {run.rendered}")
+                shot = take_screenshot(driver, "notebooks/panel.ipynb", work / "panel.png", "text=Your turn")
+            finally:
+                driver.quit()
+        finally:
+            server.stop()
+        out = compress_png(shot, REPO / "docs" / "screenshots" / f"03_panel_{dataset}.png", width=1000)
+    print(f"  -> {out} ({out.stat().st_size // 1024} KB)")
+    return out
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Regenerate docs/screenshots/*.png in headless Chromium.")
     parser.add_argument("--full", action="store_true", help="full-size run (JKT_LAB_QUICK=0), not quick mode")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per notebook")
+    parser.add_argument("--panel", action="store_true",
+                        help="only docs/screenshots/03_panel_cifar10.png (notebook 03's panel on CIFAR-10)")
     parser.add_argument("--report", type=Path, default=None,
                         help="only docs/screenshots/demo_report.png, from this report.html (jkt-lab demo's)")
     args = parser.parse_args()
-    if args.report:
+    if args.panel:
+        update_panel_screenshot("cifar10")
+    elif args.report:
         update_report_screenshot(args.report)
     else:
         update_docs_screenshots(full=args.full, timeout=args.timeout)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from browser_support import REPO, LabServer, find_browser, make_driver, run_notebook
+from browser_support import REPO, LabServer, find_browser, make_driver, open_report, run_notebook
 
 pytestmark = pytest.mark.browser
 
@@ -159,3 +159,37 @@ def test_notebook_renders_in_browser(lab, driver, notebook):
     print(_report(run))
     problems = run.problems()
     assert not problems, "\n".join(problems) + "\n\n" + _report(run)
+
+
+# ------------------------------------------------------------------------------------ committed reports, offline
+COMMITTED_REPORTS = sorted((REPO / "results").glob("*/report.html"))
+
+
+@pytest.fixture(scope="module")
+def offline_driver(tmp_path_factory):
+    """Headless Chromium with the network off (a classroom without internet)."""
+    _require_browser()
+    drv = make_driver(tmp_path_factory.mktemp("offline") / "profile", offline=True)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+def test_offline_means_offline(offline_driver, tmp_path):
+    """The control: a report that loads plotly.js from the CDN draws nothing in this browser."""
+    import plotly.graph_objects as go
+
+    from jkt_lab.report import Document
+    page = Document("cdn").figure(go.Figure(go.Bar(y=[1, 2]))).write(tmp_path, plotlyjs="cdn")["html"]
+    state = open_report(offline_driver, page, timeout=10)
+    assert state["figures"] == 1 and state["drawn"] == 0 and not state["plotly_loaded"], state
+
+
+@pytest.mark.parametrize("report", COMMITTED_REPORTS, ids=lambda p: p.parent.name)
+def test_committed_report_draws_offline(offline_driver, report):
+    """Every committed report.html draws all its figures from disk with the network off: they
+    share results/plotly.min.js, linked relatively."""
+    state = open_report(offline_driver, report)
+    assert state["plotly_loaded"] and state["figures"] > 0 and state["drawn"] == state["figures"], state
+    assert all(src.startswith("file://") for src in state["scripts_with_src"]), state["scripts_with_src"]

@@ -104,13 +104,13 @@ def test_fit_summary_reads_chance_gap_and_the_jacobian_term():
     jac = rows["kd+jacobian"]
     assert jac["n"] == 2 and jac["train - validation"] == pytest.approx(55.0) and jac["chance %"] == pytest.approx(10.0)
     assert jac["test above chance (s.e.)"] == pytest.approx(0.2 / (0.09 / 1000) ** 0.5)
-    assert jac["Jacobian cosine, first row"] == pytest.approx(0.05)       # 1 - loss / (2 * weight)
-    assert jac["Jacobian cosine, last row"] == pytest.approx(0.20)
+    assert jac["cosine in the loss, first row"] == pytest.approx(0.05)       # 1 - loss / (2 * weight)
+    assert jac["cosine in the loss, last row"] == pytest.approx(0.20)
     assert rows["ce"]["test above chance (s.e.)"] == pytest.approx(0.0)
-    assert "Jacobian cosine, first row" not in rows["ce"]
+    assert "cosine in the loss, first row" not in rows["ce"]
     hist_cos = [{"step": 1, "jacobian_cosine/train": 0.3, "jacobian_cosine/val": 0.2}]
     row = course.fit_summary([{**recs[0], "history": hist_cos}])[0]
-    assert row["Jacobian cosine (train, last row)"] == 0.3 and row["Jacobian cosine (val, last row)"] == 0.2
+    assert row["cosine measured on train images, last row"] == 0.3 and row["cosine measured on validation images, last row"] == 0.2
 
 
 def test_chance_level():

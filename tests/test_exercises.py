@@ -243,6 +243,60 @@ def jacobian_matching_step(student, teacher, x, optimizer, jacobian_weight=1.0):
     optimizer.step()
     return float(loss)
 """, "teacher received gradients"),
+    # tell-tale mistakes: each has a value the checker recognises, and a hint that names it
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    s = torch.nn.functional.normalize(student_jac.flatten(2), dim=2)
+    t = torch.nn.functional.normalize(teacher_jac.detach().flatten(2), dim=2)
+    return (t + s).pow(2).sum(dim=2).sum(dim=1).mean()
+""", "check the sign of the cosine term"),
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    cos = torch.nn.functional.cosine_similarity(student_jac.flatten(2), teacher_jac.detach().flatten(2), dim=2)
+    return (2 - cos).sum(dim=1).mean()
+""", "factor 2"),
+    ("01.normalized_loss", """
+def normalized_jacobian_loss(student_jac, teacher_jac):
+    cos = torch.nn.functional.cosine_similarity(student_jac.flatten(2), teacher_jac.detach().flatten(2), dim=2)
+    return cos.sum(dim=1).mean()
+""", "the cosine itself"),
+    ("01.monte_carlo", """
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    noisy = (x + sigma * torch.randn(n_samples, *x.shape, dtype=x.dtype)).flatten(0, 1)
+    return (teacher(noisy) - student(noisy)).pow(2).sum(dim=1).sum() / x.shape[0]
+""", "summed over the noise samples"),
+    ("01.monte_carlo", """
+def noisy_loss_mc(teacher, student, x, sigma, n_samples):
+    noisy = (x + sigma * torch.randn(n_samples, *x.shape, dtype=x.dtype)).flatten(0, 1)
+    return (teacher(noisy) - student(noisy)).pow(2).sum()
+""", "summed over the noise samples"),
+    ("02.top1_jacobian", """
+def top1_jacobian(model, x):
+    x = x.detach().requires_grad_(True)
+    return -torch.autograd.grad(model(x).max(dim=1).values.sum(), x)[0].unsqueeze(1)
+""", "check the sign"),
+    ("02.top1_jacobian", """
+def top1_jacobian(model, x):
+    x = x.detach().requires_grad_(True)
+    return torch.autograd.grad(model(x).min(dim=1).values.sum(), x)[0].unsqueeze(1)
+""", "smallest logit"),
+    ("03.jacobian_step", ("loss = jacobian_weight * losses.jacobian_loss(j_s.unsqueeze(1), j_t.detach().unsqueeze(1), "
+                          "\"normalized\")",
+                          "cos = torch.nn.functional.cosine_similarity(j_s.flatten(1), j_t.detach().flatten(1))\n"
+                          "    loss = jacobian_weight * (2 + 2 * cos).mean()"), "check the sign of the cosine term"),
+    ("03.jacobian_step", ("loss = jacobian_weight * losses.jacobian_loss(j_s.unsqueeze(1), j_t.detach().unsqueeze(1), "
+                          "\"normalized\")",
+                          "cos = torch.nn.functional.cosine_similarity(j_s.flatten(1), j_t.detach().flatten(1))\n"
+                          "    loss = jacobian_weight * (1 - cos).mean()"), "factor 2"),
+    ("03.jacobian_step", ("loss = jacobian_weight * losses.jacobian_loss(j_s.unsqueeze(1), j_t.detach().unsqueeze(1), "
+                          "\"normalized\")",
+                          "cos = torch.nn.functional.cosine_similarity(j_s.flatten(1), j_t.detach().flatten(1))\n"
+                          "    loss = jacobian_weight * (2 - 2 * cos).sum()"), "average over the batch"),
+    ("03.jacobian_step", ('"normalized")', '"squared")'), "normalise"),
+    ("03.jacobian_step", ("loss = jacobian_weight * losses.jacobian_loss(j_s.unsqueeze(1), j_t.detach().unsqueeze(1), "
+                          "\"normalized\")",
+                          "cos = torch.nn.functional.cosine_similarity(j_s.flatten(1), j_t.detach().flatten(1))\n"
+                          "    loss = jacobian_weight * (2 - cos).mean()"), "factor 2"),
 ]
 
 

@@ -272,3 +272,169 @@ def test_notebook_runs_under_nbval_in_quick_mode(path, quick_dirs):
     elapsed = time.perf_counter() - t0
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     print(f"{path.name}: {elapsed:.0f} s in quick mode")
+
+
+# --------------------------------------------------------------------------- prepare-course: a plan, one bar
+
+
+class _FakeBar:
+    made: list = []
+
+    def __init__(self, **kw):
+        self.kw, self.n, self.postfix, self.closed = kw, kw.get("initial", 0), [], False
+        _FakeBar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix.append(text)
+
+    def set_description_str(self, text, refresh=True):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_training(tmp_path, monkeypatch):
+    """prepare() with instant runs: each run 'takes' ``seconds[0]`` of the clock; no teacher trains."""
+    import jkt_lab.course as course_mod
+    import jkt_lab.experiments as experiments
+    from jkt_lab.results import config_hash
+    monkeypatch.setenv("JKT_LAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("JKT_LAB_COURSE_DATASET", "cifar10")
+    monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    clock, seconds = [0.0], [1.0]
+    monkeypatch.setattr(course_mod.time, "perf_counter", lambda: clock[0])
+
+    def run(config, store, **kw):
+        clock[0] += seconds[0]
+        record = {"key": config_hash(config.to_dict()), "config": config.to_dict(), "metrics": {"test_acc": 0.5}}
+        store.append(record)
+        return record
+    monkeypatch.setattr(experiments, "run", run)
+    monkeypatch.setattr(experiments, "get_teacher", lambda *a, **k: (None, {}))
+    monkeypatch.setattr(experiments, "load_data", lambda *a, **k: None)
+    _FakeBar.made = []
+    monkeypatch.setattr(course_mod, "_bar", lambda **kw: _FakeBar(**kw))
+    return seconds
+
+
+def test_prepare_prints_the_plan_and_an_estimate_then_one_bar(fake_training, capsys):
+    from jkt_lab import course
+    rows = course.prepare()
+    out = capsys.readouterr().out
+    n = sum(r["runs"] for r in rows)
+    first = out.splitlines()[0]
+    assert first.startswith(f"prepare-course: {n} runs") and f"{n} to train" in first, out
+    estimate = next(line for line in out.splitlines() if line.startswith("estimated time"))
+    assert "min" in estimate and "2 idle" in estimate
+    assert len(_FakeBar.made) == 1, "one bar over everything, not one per part"
+    bar = _FakeBar.made[0]
+    assert bar.kw["total"] == n and bar.n == n and bar.closed
+    assert any("left" in p for p in bar.postfix)
+    assert "slower than the committed runs" not in out                 # 1 s a run: faster than the committed runs
+
+
+def test_prepare_says_when_runs_are_far_slower_than_the_committed_ones(fake_training, capsys):
+    from jkt_lab import course
+    fake_training[0] = 600.0                                           # ten minutes a run: a loaded machine
+    course.prepare()
+    out = capsys.readouterr().out
+    assert "slower than the committed runs" in out and "OMP_NUM_THREADS" in out and "one job per machine" in out
+    assert out.count("OMP_NUM_THREADS") == 1                           # said once, not after every run
+    assert any("slower" in p for p in _FakeBar.made[0].postfix)       # and on the time-left line
+
+
+def test_slow_advice_and_reference_time():
+    from jkt_lab import progress
+    assert progress.slow_advice(2.0, 1.0) == ""
+    text = progress.slow_advice(10.0, 1.0)
+    assert text.startswith("10x slower") and "OMP_NUM_THREADS=1" in text and "one job per machine" in text
+    assert progress.duration(30) == "about 30 s" and progress.duration(600) == "about 10.0 min"
+    ref = nbtools.reference_time(nbtools.course_config(quick=False, dataset="cifar10", method="kd"))
+    assert ref["n"] >= 3 and 0 < ref["step_s"] < ref["run_s"]             # the committed CIFAR-10 grid's kd runs
+    assert nbtools.reference_time(nbtools.course_config(quick=False, dataset="shapes", student_width=3)) is None
+
+
+def test_course_summary_says_where_cifar10_comes_from_once(monkeypatch, tmp_path):
+    """The JPEG copy: said once in plain words in the course summary, and the library's warning
+    about it (a raw UserWarning with paths, in every cell that loads the data) silenced."""
+    import warnings
+
+    import jkt_lab.data as data_mod
+    from jkt_lab.data.cifar import JpegFallbackWarning
+    zp = tmp_path / "cifar10-jpeg.zip"
+    zp.write_bytes(b"")
+    monkeypatch.setattr(data_mod, "cifar10_available", lambda root=None: zp)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = nbtools.course_summary(nbtools.course_config(quick=False, dataset="cifar10"))
+        warnings.warn("cifar10: torchvision files not found; using the JPEG copy", JpegFallbackWarning)
+        warnings.warn("another warning", UserWarning)                       # only that one is silenced
+    assert [str(w.message) for w in caught] == ["another warning"]
+    line = next(x for x in summary.splitlines() if x.startswith("data:"))
+    assert "cifar10-jpeg.zip, a JPEG copy" in line and str(tmp_path) not in line   # no machine paths
+    assert issubclass(JpegFallbackWarning, UserWarning)                    # the library still warns elsewhere
+    monkeypatch.setattr(data_mod, "cifar10_available", lambda root=None: tmp_path)
+    assert "torchvision's files" in nbtools.course_summary(nbtools.course_config(quick=False, dataset="cifar10"))
+    assert nbtools.data_source("shapes") is None
+
+
+# --------------------------------------------------------------------------- executed notebooks: clean outputs
+
+#: Text that must never reach a learner's output: warnings, tracebacks, errors.
+DIRTY = re.compile(r"Traceback \(most recent call last\)|\b\w*Warning\b:|^\s*warnings\.warn\(|\bError\b:", re.M)
+
+
+def dirty_outputs(nb) -> list[str]:
+    """Every output of an executed notebook that is stderr, an error, or text with a warning or a
+    traceback in it, as ``"cell N: ..."`` lines."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.output_type == "error":
+                problems.append(f"cell {i}: error {out.ename}: {out.evalue}")
+            elif out.output_type == "stream" and out.name == "stderr" and out.text.strip():
+                problems.append(f"cell {i}: stderr: {out.text.strip()[:300]}")
+            else:
+                text = out.get("text", "") if out.output_type == "stream" else \
+                    "".join(out.get("data", {}).get("text/plain", ""))
+                if DIRTY.search(text):
+                    problems.append(f"cell {i}: {text.strip()[:300]}")
+    return problems
+
+
+def test_dirty_outputs_are_found():
+    ok = nbformat.v4.new_code_cell("1")
+    ok.outputs = [nbformat.v4.new_output("stream", name="stdout", text="full mode\ndataset cifar10\n")]
+    bad = [nbformat.v4.new_output("stream", name="stderr", text="/x.py:12: UserWarning: using the JPEG copy\n"),
+           nbformat.v4.new_output("stream", name="stdout", text="/x/cifar.py:190: UserWarning: cifar10: ...\n"),
+           nbformat.v4.new_output("error", ename="ValueError", evalue="no", traceback=[])]
+    nb = nbformat.v4.new_notebook(cells=[ok] + [nbformat.v4.new_code_cell("2", outputs=[o]) for o in bad])
+    assert [p.split(":")[0] for p in dirty_outputs(nb)] == ["cell 1", "cell 2", "cell 3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_executed_notebook_outputs_are_clean(path, quick_dirs, monkeypatch):
+    """Executed as a learner runs it (quick mode, warnings not filtered), no output of the
+    notebook is stderr, a warning, a traceback or an error."""
+    from nbclient import NotebookClient
+    for key, value in {"JKT_LAB_QUICK": "1", "JKT_LAB_RUNS": str(quick_dirs / "runs"),
+                       "JKT_LAB_CACHE": str(quick_dirs / "cache"), "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
+                   allow_errors=True).execute()
+    assert not dirty_outputs(nb), "\n".join(dirty_outputs(nb))
+
+
+def test_notebook_02_saliency_grid_takes_one_image_per_class():
+    """The test set is sorted by class: its first six images are six airplanes."""
+    path = next(p for p in NOTEBOOKS if p.name.startswith("02"))
+    cell = next(c.source for c in code_cells(path) if "viz.saliency_grid(" in c.source)
+    assert "nbtools.one_per_class(data.y_test" in cell and "data.x_test[:" not in cell

@@ -19,6 +19,12 @@ CIFAR10_ZIP_NAME = "cifar10-jpeg.zip"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _warned_jpeg = False
+
+
+class JpegFallbackWarning(UserWarning):
+    """``cifar10`` was loaded from the JPEG copy (lossy) because torchvision's files are not
+    there. The course says where its data come from once, in plain words
+    (:func:`jkt_lab.nbtools.course_summary`), and silences this warning in its notebooks."""
 _open_zips: dict[str, zipfile.ZipFile] = {}
 
 
@@ -189,7 +195,7 @@ def _cifar_arrays(name: str, root: Path, download: bool | None) -> tuple[dict, s
                 if not _warned_jpeg:
                     warnings.warn(
                         f"cifar10: torchvision files not found under {root}; using the JPEG copy {found} "
-                        f"(JPEG-lossy, about 5.8/255 per pixel from the originals)", UserWarning, stacklevel=4)
+                        f"(JPEG-lossy, about 5.8/255 per pixel from the originals)", JpegFallbackWarning, stacklevel=4)
                     _warned_jpeg = True
                 return _cifar10_jpeg_arrays(found), "cifar10-jpeg"
         if download is False:
