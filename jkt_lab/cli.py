@@ -5,7 +5,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import math
 import os
 import sys
 import time

@@ -209,11 +209,29 @@ def test_cifar10_course_uses_the_shipped_teachers(monkeypatch):
     config, tconfig = nbtools.course_config(dataset="cifar10"), nbtools.transfer_config(dataset="cifar10")
     assert shipped_for(config.teacher_config()) == "cifar10"
     assert shipped_for(tconfig.teacher_config()) == "cifar10-source"
-    assert config.replace(per_class=5, eval_every=100) == base_config("cifar10", "cpu")
+    assert config.replace(per_class=5, eval_every=100, jacobian_weight=1.0) == base_config("cifar10", "cpu")
+    assert config.jacobian_weight == nbtools.CIFAR10_COURSE["jacobian_weight"]
     assert (tconfig.teacher_classes, tconfig.classes) == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
     assert tconfig.steps == nbtools.CIFAR10_TRANSFER["steps"] < config.steps
     assert "the shipped teacher 'cifar10-source'" in nbtools.course_summary(tconfig)
     assert nbtools.course_config(quick=True, dataset="cifar10").steps < config.steps    # quick: toy size
+
+
+def test_course_weights_are_the_ones_chosen_on_validation():
+    """The course's CIFAR-10 weights are the validation choices of the committed reproduce run: the
+    kd+jacobian weight at the course's 300 steps, and the attention weights of the transfer part."""
+    from jkt_lab.results import ResultStore
+    records = ResultStore(nbtools._REPO_ROOT / "results" / "cifar10-cpu" / "results.jsonl").records()
+    select = [r for r in records if r["config"]["extra"]["part"] == "select"]
+
+    def best(variant, **where):
+        runs = [r for r in select if r["config"]["extra"]["variant"] == variant
+                and all(r["config"][k] == v for k, v in where.items())]
+        assert runs, variant
+        return max(runs, key=lambda r: r["metrics"]["val_acc"])["config"]
+    assert best("kd+jacobian", steps=300)["jacobian_weight"] == nbtools.CIFAR10_COURSE["jacobian_weight"]
+    assert best("at")["attention_weight"] == nbtools.CIFAR10_TRANSFER["attention_weight"]
+    assert best("at+jacobian")["jacobian_weight"] == nbtools.CIFAR10_TRANSFER["jacobian_weight"]
 
 
 def test_committed_distillation():
