@@ -238,18 +238,30 @@ def _check_writable(store=None, option: str = "--store") -> None:
 
 
 def _executor_options(parser):
-    parser.add_argument("--executor", default="serial", choices=["serial", "ray"],
-                        help="serial: one run after another here; ray: each run a Ray task (pip install -e '.[cluster]')")
+    parser.add_argument("--executor", default="serial", choices=["serial", "processes", "ray"],
+                        help="serial: one run after another here; processes: --workers runs at a time on this machine "
+                             "(many cores, or a GPU that one small student leaves idle); ray: each run a Ray task "
+                             "(pip install -e '.[cluster]')")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="with --executor processes: worker processes (default: this machine's cores), one torch "
+                             "thread each")
     parser.add_argument("--address", default=None, help="with --executor ray: the cluster to join (auto, HEAD_IP:6379); "
                                                         "default: a local Ray on this machine")
 
 
 def _executor(args):
-    """A context giving None (serial) or a jkt_lab.cluster.RayExecutor (--executor ray)."""
+    """A context giving None (serial), a jkt_lab.executor.ProcessExecutor (--executor processes) or a
+    jkt_lab.cluster.RayExecutor (--executor ray)."""
+    if args.executor != "ray" and args.address is not None:
+        raise ValueError("--address needs --executor ray")
+    if args.executor != "processes" and args.workers is not None:
+        raise ValueError("--workers needs --executor processes")
     if args.executor == "serial":
-        if args.address is not None:
-            raise ValueError("--address needs --executor ray")
         return contextlib.nullcontext()
+    if args.executor == "processes":
+        from .executor import ProcessExecutor
+        return ProcessExecutor(args.workers or os.cpu_count() or 1, device=args.device,
+                               progress=not args.no_progress)
     from .cluster import RayExecutor
     return RayExecutor(args.address, device=args.device, progress=not args.no_progress)
 

@@ -7,7 +7,8 @@ leaves mostly idle: each worker runs :func:`jkt_lab.experiments.run` with no sto
 ``threads`` torch threads, and returns the record; **the parent alone appends records** to the
 results file, in completion order, so the store stays append-only and a kill loses no finished run.
 Runs are deterministic per config whatever the worker (randomness is a function of the seed and
-the step), so the records equal those of a serial sweep on the same device.
+the step), so the records equal those of a serial sweep on the same device with the same number of
+torch threads (a different thread count sums floats in another order: differences near 1e-7).
 """
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ class ProcessExecutor:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.device, self.progress = device, progress
         self.failures: list[dict] = []
+
+    def __enter__(self) -> "ProcessExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    @property
+    def gpu_per_run(self) -> bool:
+        """Whether the runs go to a GPU (for ``reproduce --scale auto``)."""
+        from .train import resolve_device
+        return resolve_device(self.device).type == "cuda"
 
     def teacher(self, config: Config) -> dict:
         """Load or train the teacher here, in the parent, so workers find it in the runs directory."""
