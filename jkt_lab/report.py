@@ -338,9 +338,9 @@ def _add_claims(doc: Document, records: list, equivalence_rows=None) -> None:
         doc.table(cos.rows(digits=3))
 
 
-def claims(records: Iterable[Mapping], equivalence_rows=None) -> list[str]:
-    """Markdown lines: the paper's claims (a)-(e), each with its verdict and numbers."""
-    return [c.markdown() for c in paper_claims(list(records), equivalence_rows)]
+def claims(records: Iterable[Mapping], equivalence_rows=None, letters: str = "abcde") -> list[str]:
+    """Markdown lines: the paper's claims (``letters`` of (a)-(e)), each with its verdict and numbers."""
+    return [c.markdown() for c in paper_claims(list(records), equivalence_rows) if c.letter in letters]
 
 
 def selection_rows(records: Iterable[Mapping]) -> list[dict]:
