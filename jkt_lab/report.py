@@ -335,7 +335,7 @@ def _add_claims(doc: Document, records: list, equivalence_rows=None) -> None:
                          setting=lambda r: lookup(r, "config.per_class"), scale=1.0)
     if cos.settings:
         doc.heading("Did the Jacobians align? Teacher-student cosine on test images", 3)
-        doc.table(cos.rows(digits=3))
+        doc.table(cos.rows(digits=3), floatfmt=".3f")
 
 
 def claims(records: Iterable[Mapping], equivalence_rows=None, letters: str = "abcde") -> list[str]:
