@@ -456,3 +456,31 @@ def test_notebook_02_saliency_grid_takes_one_image_per_class():
     path = next(p for p in NOTEBOOKS if p.name.startswith("02"))
     cell = next(c.source for c in code_cells(path) if "viz.saliency_grid(" in c.source)
     assert "nbtools.one_per_class(data.y_test" in cell and "data.x_test[:" not in cell
+
+
+def test_course_cifar10_numbers_in_the_notebooks_are_the_committed_course_runs(monkeypatch):
+    """Notebooks 03 and 04 quote the course's own CIFAR-10 students (results/course-cifar10/): the
+    runs are the course's setting, and every quoted mean, spread and paired interval is theirs."""
+    from jkt_lab import course
+    from jkt_lab.report import noise_table
+    from jkt_lab.results import ResultStore
+    monkeypatch.delenv("JKT_LAB_QUICK", raising=False)
+    records = ResultStore(nbtools._REPO_ROOT / "results" / "course-cifar10" / "results.jsonl").records()
+    expected = {r["config"]["method"] for r in records}
+    assert expected == set(nbtools.DISTILLATION_METHODS) and len(records) == 3 * len(expected)
+    for r in records:
+        assert r["config"] == nbtools.course_config(dataset="cifar10", method=r["config"]["method"],
+                                                    seed=r["config"]["seed"]).to_dict()
+    nb03 = "".join("".join(c["source"]) for c in json.loads((ROOT / "notebooks" / "03_distillation.ipynb").read_text())["cells"])
+    kdj, kd = course.compare(records, "kd+jacobian", "kd"), course.compare(records, "kd", "ce")
+    for c, words in ((kdj, "`kd+jacobian` {b:.1f} ± {sb:.1f}% against `kd`, {d:+.1f} points, interval [{lo:+.1f}, {hi:+.1f}]"),
+                     (kd, "`kd` {b:.1f} ± {sb:.1f}% against `ce` {w:.1f} ± {sw:.1f}%: paired difference {d:+.1f} points, "
+                          "95% interval [{lo:+.1f}, {hi:+.1f}]")):
+        quoted = words.format(b=c["mean"][c["better"]], sb=c["std"][c["better"]], w=c["mean"][c["worse"]],
+                              sw=c["std"][c["worse"]], d=c["difference"], lo=c["interval"][0], hi=c["interval"][1])
+        assert quoted in nb03, quoted
+    noise = {row["method"]: row for row in noise_table(records)}
+    nb04 = "".join("".join(c["source"]) for c in json.loads((ROOT / "notebooks" / "04_robustness.ipynb").read_text())["cells"])
+    quoted = (f"it falls from {noise['kd+jacobian']['sigma=0']}% to {noise['kd+jacobian']['sigma=0.1']}%, `kd` from "
+              f"{noise['kd']['sigma=0']}% to {noise['kd']['sigma=0.1']}%")
+    assert quoted in nb04, quoted

@@ -137,3 +137,7 @@ def test_committed_cifar10_cpu_results_say_what_the_prose_says():
             assert "| " + " | ".join(row.values()) + " |" in readme, row
     for line in claims(records):                                         # and its claims are the report's
         assert "- " + line in readme
+    distillation = [r for r in records if r["config"]["extra"]["part"] == "distillation"]
+    rows = {row["method"]: row for row in accuracy_table(distillation)}
+    notebook = (Path(__file__).resolve().parents[1] / "notebooks" / "03_distillation.ipynb").read_text()
+    assert f"`kd+jacobian` at {rows['kd+jacobian']['10']}% against `kd`'s {rows['kd']['10']}%" in notebook
