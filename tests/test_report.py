@@ -210,6 +210,8 @@ def test_teacher_accuracy_line_leaves_out_transfer_teachers(tmp_path):
     def rec(seed, teacher_acc, **config):
         return {"config": {"method": "kd", "seed": seed, "per_class": 5, **config},
                 "metrics": {"test_acc": 0.4, "teacher_test_acc": teacher_acc}}
-    records = [rec(0, 0.85), rec(1, 0.85), rec(0, 0.043, teacher_classes=[0, 1], classes=[2, 3])]
+    records = [rec(0, 0.85, n_test=2000), rec(1, 0.85, n_test=2000),
+               rec(0, 0.043, teacher_classes=[0, 1], classes=[2, 3], n_test=2000)]
     text = write_report(records, tmp_path, plotlyjs="cdn")["markdown"].read_text()
-    assert "Teacher test accuracy: 85.00%." in text and "4.30%" not in text
+    assert "Teacher test accuracy, on the test images the students are scored on: 85.00% (the first 2000 test " \
+           "images)" in text and "4.30%" not in text
