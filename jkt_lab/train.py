@@ -24,7 +24,7 @@ from . import progress as progress_mod
 from .data import Batches, Data, add_noise
 from .methods import get_method, make_method
 from .saliency import saliency_cosine
-from .teacher_cache import TeacherCache
+from .teacher_cache import TeacherCache, cache_context
 
 __all__ = ["Result", "fit", "evaluate", "robustness", "resolve_device", "NonFiniteLossError",
            "CheckpointError", "save_checkpoint", "load_checkpoint"]
@@ -178,7 +178,10 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
     on each distinct training input are computed once and reused when the input comes again
     (:mod:`jkt_lab.teacher_cache`; the same losses, fewer teacher passes); pass ``False`` to
     compute them every step, or a :class:`~jkt_lab.teacher_cache.TeacherCache` to read its
-    ``stats()`` afterwards. Inputs with training noise (``train_sigma``) never repeat.
+    ``stats()`` afterwards or to share it between runs (entries of another teacher, training
+    set, view numbering or matched output are dropped first:
+    :meth:`~jkt_lab.teacher_cache.TeacherCache.bind`). Inputs with training noise
+    (``train_sigma``) never repeat.
     """
     config = config or Config(method=method)
     get_method(method)  # unknown names list the valid ones
@@ -196,15 +199,22 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
         teacher.to(dev)
     if not isinstance(teacher_cache, (bool, TeacherCache)):
         raise TypeError(f"teacher_cache must be a bool or a TeacherCache, got {type(teacher_cache).__name__}")
+    given_cache = isinstance(teacher_cache, TeacherCache)
     if teacher_cache is True:
         teacher_cache = TeacherCache()
     use_cache = teacher_cache is not False and teacher is not None and not config.train_sigma
     runner = make_method(method, student, teacher, config, teacher_cache=teacher_cache if use_cache else None)
 
     augment = config.augment and data.x_train.shape[-1] >= 16
+    pool = config.augment_views if augment else None
     batches = Batches(data.x_train, data.y_train, min(config.batch_size, data.x_train.shape[0]),
-                      shuffle=True, augment=augment, views=config.augment_views if augment else None,
-                      seed=config.seed, drop_last=False, return_keys=True)
+                      shuffle=True, augment=augment, views=pool, seed=config.seed, drop_last=False, return_keys=True)
+    if given_cache and runner.teacher_cache is not None:  # it may hold another run's entries: keys must mean the same
+        teacher_cache.bind(cache_context(
+            teacher, data.x_train, data.y_train,
+            views={"augment": augment, "n_views": batches.n_views, "pool_seed": config.seed if pool else None,
+                   "pad": batches.pad, "flip": batches.flip},
+            asked={"method": method, "output": config.jacobian_output, "amp": config.amp, "device": str(dev)}))
     total_steps = config.steps or config.epochs * len(batches)
     n_epochs = math.ceil(total_steps / len(batches)) if total_steps else 0
     params = [p for p in student.parameters() if p.requires_grad]
