@@ -158,7 +158,7 @@ def step_costs(device, batch: int, width_scale: float, warmup: int, steps: int, 
     for i, label in enumerate(labels):
         ms = 1000 * statistics.median(times[i])
         row = {"step": label, "ms per step": ms, "ratio to kd": ratio(i, KD), "ratio to ce": ratio(i, CE),
-               "ratio to top-1 uncached": ratio(i, TOP1) if i >= TOP1 and i < len(STEPS) else None,
+               "ratio to top-1 uncached": ratio(i, TOP1) if i < len(STEPS) and STEPS[i][1] == "kd+jacobian" else None,
                f"s per {RUN_STEPS}-step run": ms * RUN_STEPS / 1000 if i < len(STEPS) else None}
         rows.append(row)
         print(f"  {label:70s} {ms:9.2f} ms   x{row['ratio to kd']:5.2f} of kd   x{row['ratio to ce']:5.2f} of ce",

@@ -150,7 +150,7 @@ def test_cache_budget_bounds_memory_and_keeps_values():
     out, = small.get(keys, compute)
     assert out[:, 0].tolist() == [0.0, 1.0, 2.0] and small.stats()["entries"] == 2 and small.bytes == 32
     out, = small.get(torch.tensor([12, 10]), compute)  # 12 did not fit: computed again, at its position 0
-    assert calls[-1] == [0] and out[:, 0].tolist() == [0.0, 0.0]
+    assert calls[-1] == [0, 1] and out[:, 0].tolist() == [0.0, 0.0]  # with the cached input at 1 (MIN_ROWS)
     assert small.stats()["hits"] == 1 and small.stats()["misses"] == 4
     with pytest.raises(TypeError, match="keys"):
         small.get(torch.tensor([0.5]), compute)
