@@ -16,10 +16,10 @@ A key names an input only within one setting: the teacher's weights, the trainin
 augmentation that numbers the views, and what is asked of the teacher (logits, or the Jacobian
 of which output). :func:`cache_context` fingerprints these, and :meth:`TeacherCache.bind` drops
 every entry when a cache kept across runs is used in another setting. The cache lives in memory
-for the run (``fit`` makes one per run unless given one); there is no disk cache: within a run
-each input is computed at most once, a few-shot run's teacher work is a few dozen batches
-(``benchmarks/README.md``), and what runs could share (same teacher, subset, seed and view
-pool) is only the runs of a selection grid.
+for the run (``fit`` makes one per run unless given one). There is no disk cache: within a run
+each input is computed at most once, and runs share few inputs, since the few-shot subset and
+the pool of views are drawn from the run's seed: only the runs of one seed and size with the
+same matched output (a selection grid's weights) could reuse another's entries.
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def memory_format_for(device: torch.device) -> torch.memory_format:
     """The memory format ``fit`` puts the models' convolution weights in: channels-last on the
     CPU, where oneDNN convolutions run natively in it (ce, kd and Jacobian-matching steps of
-    the CPU scale 10-25% faster, ``benchmarks/README.md``; the same numbers up to float
+    the CPU scale 7-25% faster, ``benchmarks/README.md``; the same numbers up to float
     rounding), the default elsewhere (not measured on a GPU in fp32)."""
     return torch.channels_last if torch.device(device).type == "cpu" else torch.preserve_format
 
