@@ -1,6 +1,7 @@
 """Input Jacobians: exact against autograd.functional and finite differences; output choices;
 per-example training Jacobians under train-mode BatchNorm."""
 import copy
+import importlib
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from jkt_lab.models import MODELS, build_model
 from jkt_lab.theory import make_mlp
 
 from held_reference import held_reference
+
+jacobian_module = importlib.import_module("jkt_lab.jacobian")  # the package re-exports a function of that name
 
 
 def smooth_cnn(seed=0, k=7):
@@ -224,3 +227,34 @@ def test_jacobian_term_weight_gradient_is_exact_for_held_statistics():
             assert float(gflat[i]) == pytest.approx(fd, rel=1e-5, abs=1e-8), (p.shape, i)
             checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("name, kwargs, size", [("vgg4", dict(width=4), 12), ("resnet18", {}, 16)],
+                         ids=["vgg4", "resnet18"])
+def test_constant_mask_forms_give_the_same_jacobian_loss_gradient(name, kwargs, size, monkeypatch):
+    """The held pass runs ReLU, max pooling and global average pooling in constant-mask forms
+    (a cheaper double backward): the Jacobian, the logits and every weight gradient of a
+    ce + Jacobian loss equal those of the native modules (float64)."""
+    x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    teacher = build_model("tiny", 3, width=4, seed=5).double().eval()
+
+    def run(constant_masks):
+        model = build_model(name, 3, seed=0, **kwargs).double().train()
+        if not constant_masks:
+            monkeypatch.setattr(jacobian_module, "_with_constant_masks", lambda module: None)
+        j_s, j_t, logits, _ = matched_jacobians(model, teacher, x, "top1", create_graph=True)
+        monkeypatch.undo()
+        loss = nn.functional.cross_entropy(logits, y) + jl.jacobian_loss(j_s, j_t, "normalized")
+        return j_s.detach(), logits.detach(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+    patched = [m for m in build_model(name, 3, seed=0, **kwargs).modules()
+               if jacobian_module._with_constant_masks(m) is not None]
+    assert {type(m) for m in patched} == {nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d}
+    (j_a, l_a, g_a), (j_b, l_b, g_b) = run(True), run(False)
+    assert torch.allclose(j_a, j_b, rtol=1e-12, atol=1e-15) and torch.allclose(l_a, l_b, rtol=1e-12, atol=1e-15)
+    assert sum(g is not None for g in g_a) >= 4
+    for a, b in zip(g_a, g_b):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-13)
