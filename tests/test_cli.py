@@ -69,7 +69,7 @@ def _changed(f: dataclasses.Field):
     elif kind in (int, float):
         tries = [kind((current or 0) + 1), (current or 0) + 0.25]
     else:
-        tries = ["digits", "vgg4", "step", "finetune", "squared", "label", "kd", "x"]  # one valid per field
+        tries = ["digits", "vgg4", "step", "finetune", "squared", "label", "kd", "shuffled", "x"]  # one valid per field
     for value in tries:
         try:
             return default.replace(**{f.name: value})

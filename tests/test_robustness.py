@@ -289,8 +289,8 @@ def test_report_section_is_added_beside_other_results(tmp_path):
     assert "## Robustness to noisy inputs on shapes" in text and "## Runs: test accuracy" in text
     assert "rank correlation between a student's Jacobian norm and its accuracy at sigma 0.1: -0.90 over 6 students" in text
     assert "Most robust at sigma 0.1 with the standard teacher, per_class 20: kd+jacobian_norm, 60.0% (kd: 30.0%)" in text
-    assert "kd+jacobian_norm against kd (same teacher and per_class, 1 setting): Jacobian norm x 0.20, accuracy at " \
-           "sigma 0.1 +30.0 points." in text
+    assert "kd+jacobian_norm against kd (same teacher and per_class, 1 setting, paired by seed): Jacobian norm x 0.20; " \
+           "accuracy at sigma 0.1: supported (+30.0 points on average); drop from clean accuracy" in text
     assert "The noise-trained teacher: 80.0% clean, 70.0% at sigma 0.1; Jacobian norm 0.5." in text
     assert paths["html"].read_text().count("plotly-graph-div") >= 2
     assert add_robustness_section(Document("x"), [other]) is False
