@@ -479,6 +479,12 @@ def test_course_cifar10_numbers_in_the_notebooks_are_the_committed_course_runs(m
         quoted = words.format(b=c["mean"][c["better"]], sb=c["std"][c["better"]], w=c["mean"][c["worse"]],
                               sw=c["std"][c["worse"]], d=c["difference"], lo=c["interval"][0], hi=c["interval"][1])
         assert quoted in nb03, quoted
+    cos = course.compare(records, "kd+jacobian", "kd", metric="metrics.saliency_cosine", percent=False)
+    nb02 = (ROOT / "notebooks" / "02_saliency_jacobians.ipynb").read_text()
+    quoted = (f"{cos['mean']['kd+jacobian']:.3f} ± {cos['std']['kd+jacobian']:.3f} against {cos['mean']['kd']:.3f} ± "
+              f"{cos['std']['kd']:.3f}: paired difference {cos['difference']:+.3f}, 95% interval "
+              f"[{cos['interval'][0]:+.3f}, {cos['interval'][1]:+.3f}]")
+    assert quoted in nb02, quoted
     noise = {row["method"]: row for row in noise_table(records)}
     nb04 = "".join("".join(c["source"]) for c in json.loads((ROOT / "notebooks" / "04_robustness.ipynb").read_text())["cells"])
     quoted = (f"it falls from {noise['kd+jacobian']['sigma=0']}% to {noise['kd+jacobian']['sigma=0.1']}%, `kd` from "
