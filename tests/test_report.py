@@ -215,3 +215,23 @@ def test_teacher_accuracy_line_leaves_out_transfer_teachers(tmp_path):
     text = write_report(records, tmp_path, plotlyjs="cdn")["markdown"].read_text()
     assert "Teacher test accuracy, on the test images the students are scored on: 85.00% (the first 2000 test " \
            "images)" in text and "4.30%" not in text
+
+
+def test_a_reproduce_report_leads_with_its_claims_and_marks_the_chosen_settings(tmp_path):
+    def rec(variant, part, seed, acc, **config):
+        return {"config": {"method": variant.split(" ")[0], "seed": seed, "per_class": 10, "n_test": 2000,
+                           "jacobian_weight": 1.0, "temperature": 4.0, **config,
+                           "extra": {"variant": variant, "part": part}},
+                "metrics": {"test_acc": acc, "val_acc": acc, "teacher_test_acc": 0.85}}
+    records = [rec("kd+jacobian", "select", 10, 0.30 + w / 1000, jacobian_weight=w) for w in (1.0, 10.0, 100.0)]
+    records += [rec("kd", "select", 10, acc, temperature=t) for t, acc in ((2.0, 0.31), (4.0, 0.33), (8.0, 0.32))]
+    records += [rec(v, "distillation", s, acc + s / 100) for s in range(3) for v, acc in (("kd", 0.3), ("kd+jacobian", 0.4))]
+    text = write_report(records, tmp_path, plotlyjs="cdn")["markdown"].read_text()
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert headings[0] == "Claims of the paper" and "Hyper-parameters chosen on the validation split" in headings
+    assert "the first 2000 test images" in text
+    section = text.split("## Hyper-parameters chosen on the validation split")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| kd")]
+    assert len(rows) == 6 and sum("chosen" in line for line in rows) == 2
+    assert "| kd+jacobian | jacobian_weight=100 | 40.0 | chosen |" in section      # only the searched setting shown
+    assert "| kd | temperature=4 | 33.0 | chosen |" in section
