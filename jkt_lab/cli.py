@@ -464,7 +464,9 @@ def _estimate_reproduce(args, scale: str) -> int:
     store = ResultStore(args.store)
     base = rp.base_config(args.dataset, scale)
     chosen = rp.select(store, base, args.quick, scale)   # the values chosen so far; defaults before
-    configs = {"select": rp.selection_configs(base, args.quick, scale),
+    # both selection rounds: at+jacobian's grid sits on at's chosen weight (a grid value stands in before)
+    first_at = {"at": {"attention_weight": rp.SELECTION["at"]["attention_weight"][0]}}
+    configs = {"select": rp.selection_configs(base, args.quick, scale, {**first_at, **chosen}),
                "distillation": rp.distillation_configs(base, chosen, args.quick, scale),
                "transfer": rp.transfer_configs(base, chosen, args.quick, scale)}
     print(f"{_measuring()}; teachers not counted (shipped at cpu scale)", flush=True)
