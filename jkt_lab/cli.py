@@ -434,7 +434,7 @@ def cmd_demo(args) -> int:
                   "Open notebook 01, the noise/Jacobian equivalence behind the method, measured: "
                   "`jupyter lab notebooks/01_noise_jacobian_equivalence.ipynb`",
                   "Run the paper's three experiments on real CIFAR-10 images with the shipped teachers "
-                  "(about 2 hours on 2 CPU cores, resumable; `--estimate` first says how long here): "
+                  "(hours on 2 CPU cores, resumable; `--estimate` first says how long here): "
                   "`jkt-lab reproduce --dataset cifar10 --scale cpu`"]
     paths = write_demo_report(records, out, command="jkt-lab " + shlex.join(args.argv), teacher_info=info,
                               chance=chance, elapsed_s=elapsed, device="cpu", next_steps=next_steps, quick=args.quick)
