@@ -209,9 +209,8 @@ class _JacobianMatching(Method):
 
     def __init__(self, student, teacher, config):
         super().__init__(student, teacher, config)
-        source = config.jacobian_source or "teacher"
-        self.source = source
-        self.untrained = untrained_copy(teacher, config.teacher_seed + 1_000) if source == "untrained" else None
+        self.source = config.jacobian_source or "teacher"
+        self.untrained = untrained_copy(teacher, config.teacher_seed + 1_000) if self.source == "untrained" else None
 
     @property
     def cacheable(self):

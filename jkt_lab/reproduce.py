@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .analysis.claims import CONTROLS  # the control variants, named once where the claims judge them
 from .config import Config
 from .experiments import get_teacher, quick_config, run
 from .results import ResultStore, config_hash, lookup
@@ -64,7 +65,6 @@ DISTILLATION = {  # variant -> (method, config changes)
     "kd+jacobian (untrained)": ("kd+jacobian", {**_NORMALISED_TOP1, "jacobian_source": "untrained"}),
     "kd+jacobian (shuffled)": ("kd+jacobian", {**_NORMALISED_TOP1, "jacobian_source": "shuffled"}),
 }
-CONTROLS = ("kd (regularised)", "kd+jacobian_norm", "kd+jacobian (untrained)", "kd+jacobian (shuffled)")
 TRANSFER = {
     "fine-tune (ce)": ("ce", "finetune"),
     "lwf": ("lwf", "finetune"),
