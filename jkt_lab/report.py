@@ -303,7 +303,9 @@ def noise_table(records: Iterable[Mapping]) -> list[dict]:
         for s, a in accs.items():
             groups.setdefault(key, {}).setdefault(s, []).append(a)
     rows = []
-    for (method, per_class), by_sigma in groups.items():
+    order = {name: i for i, name in enumerate(dict.fromkeys(m for m, _ in groups))}  # methods as first met
+    for (method, per_class), by_sigma in sorted(groups.items(), key=lambda g: (g[0][1] is None, g[0][1] or 0,
+                                                                                order[g[0][0]])):
         row = {"method": method, "per_class": "all" if per_class is None else per_class}
         for s in sorted(by_sigma, key=float):
             row[f"sigma={s}"] = f"{100 * sum(by_sigma[s]) / len(by_sigma[s]):.1f}"
