@@ -385,7 +385,9 @@ def _section(doc: Document, title: str, records: list) -> None:
         doc.heading(f"{title}: test accuracy (%) under Gaussian input noise")
         doc.table(noise)
         doc.figure(noise_figure(labelled, color="variant", title=f"{title}: accuracy under input noise"))
-    cos = table(labelled, [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
+    # a transfer student's output k is not the source teacher's output k: no cosine to compare there
+    same_task = [r for r in labelled if lookup(r, "config.teacher_classes") == lookup(r, "config.classes")]
+    cos = table(same_task, [], group_by=["variant", "config.per_class"], metric="metrics.saliency_cosine")
     cos = [r for r in cos if r["metrics.saliency_cosine.mean"] is not None]
     if cos:
         doc.heading(f"{title}: teacher-student saliency cosine (top-1 Jacobians, test images)")

@@ -235,3 +235,14 @@ def test_a_reproduce_report_leads_with_its_claims_and_marks_the_chosen_settings(
     assert len(rows) == 6 and sum("chosen" in line for line in rows) == 2
     assert "| kd+jacobian | jacobian_weight=100 | 40.0 | chosen |" in section      # only the searched setting shown
     assert "| kd | temperature=4 | 33.0 | chosen |" in section
+
+
+def test_transfer_runs_get_no_saliency_cosine_table(tmp_path):
+    """A transfer student's output k is another class than its source teacher's output k."""
+    def rec(part, seed, **config):
+        return {"config": {"method": "at", "seed": seed, "per_class": 5, **config, "extra": {"variant": "at", "part": part}},
+                "metrics": {"test_acc": 0.5, "saliency_cosine": 0.3}}
+    same = write_report([rec("distillation", s) for s in range(2)], tmp_path / "a", plotlyjs="cdn")["markdown"].read_text()
+    other = write_report([rec("transfer", s, teacher_classes=[0, 1], classes=[2, 3]) for s in range(2)],
+                         tmp_path / "b", plotlyjs="cdn")["markdown"].read_text()
+    assert "saliency cosine" in same and "saliency cosine" not in other
