@@ -223,7 +223,8 @@ def fit(student: nn.Module, method: str, data: Data, *, teacher: nn.Module | Non
             teacher, data.x_train, data.y_train,
             views={"augment": augment, "n_views": batches.n_views, "pool_seed": config.seed if pool else None,
                    "pad": batches.pad, "flip": batches.flip},
-            asked={"method": method, "output": config.jacobian_output, "amp": config.amp, "device": str(dev)}))
+            asked={"method": method, "output": config.jacobian_output, "source": config.jacobian_source,
+                   "amp": config.amp, "device": str(dev)}))
     total_steps = config.steps or config.epochs * len(batches)
     n_epochs = math.ceil(total_steps / len(batches)) if total_steps else 0
     params = [p for p in student.parameters() if p.requires_grad]

@@ -91,6 +91,7 @@ def test_a_cache_kept_across_runs_is_dropped_when_teacher_data_or_views_change(d
             (other_data, 1, {"augment_views": 3}),                       # another training set
             (data, 1, {"augment_views": 3, "seed": 1}),                  # the pool drawn from another seed
             (data, 1, {"augment_views": 4}),                             # another pool size
+            (data, 1, {"augment_views": 4, "jacobian_source": "untrained"}),  # another network's Jacobian
             (data, 1, {"augment_views": 3, "jacobian_output": "label"}),  # another matched output
             (data, 1, {"augment_views": 3, "method": "kd"})]:            # logits only
         method = changes.pop("method", "kd+jacobian")
